@@ -1,0 +1,133 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// One list of settings for every target: Swift 6 language mode is the default for tools 6.x;
+/// `ExistentialAny` keeps existential costs visible.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "ShardBank",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "shardbank", targets: ["shardbank"]),
+        .library(name: "Sharding", targets: ["Sharding"]),
+        .library(name: "MariaDB", targets: ["MariaDB"]),
+        .library(name: "Etcd", targets: ["Etcd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // Pure core: range maps, money, the directory hash. No I/O, no dependencies.
+        .target(name: "Sharding", swiftSettings: swiftSettings),
+
+        // MariaDB Connector/C, seen through a small shim header.
+        .systemLibrary(
+            name: "CMariaDB",
+            pkgConfig: "libmariadb",
+            providers: [.apt(["libmariadb-dev"])]
+        ),
+        // Async MariaDB driver: connections, prepared statements, XA, pool.
+        .target(
+            name: "MariaDB",
+            dependencies: [
+                "CMariaDB",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // etcd v3 client over the JSON gateway.
+        .target(
+            name: "Etcd",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Shard maps, node registry, id allocator and the watch-fed cache, kept in etcd.
+        .target(
+            name: "ClusterMetadata",
+            dependencies: [
+                "Sharding", "Etcd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Versioned schema migrations of a storage node's `bank_db`.
+        .target(
+            name: "BankSchema",
+            dependencies: ["MariaDB", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // The configuration file (appsettings.json's successor) + environment overrides.
+        .target(
+            name: "ShardBankConfig",
+            dependencies: [
+                "MariaDB", "Etcd",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Local clusters of real mariadbd and etcd processes, for tests and `demo`.
+        .target(
+            name: "LocalCluster",
+            dependencies: ["MariaDB", "Etcd", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Operator actions behind `ctl`: bootstrap, status, benchmarks of the drivers.
+        .target(
+            name: "Admin",
+            dependencies: [
+                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The thin executable: argument parsing and wiring only.
+        .executableTarget(
+            name: "shardbank",
+            dependencies: [
+                "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(
+            name: "UnitTests",
+            dependencies: [
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "LocalCluster", "Admin",
+                "ShardBankConfig",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,330 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Etcd
+import Foundation
+import Logging
+import MariaDB
+
+/// Starts and controls a cluster of real `mariadbd` and `etcd` processes on loopback ports, all
+/// state under one directory. Used by the integration tests and by `shardbank demo`.
+public struct LocalCluster: Sendable {
+    public private(set) var description: ClusterDescription
+    let logger: Logger
+
+    public var dir: String { description.dir }
+
+    /// Names the Debian package of each program the launcher needs.
+    public static let requiredPrograms: [(program: String, package: String)] = [
+        ("mariadbd", "mariadb-server"), ("mariadb-install-db", "mariadb-server"), ("etcd", "etcd-server"),
+    ]
+
+    /// Fails with a message naming the package to install when a program is missing.
+    public static func checkPrograms() throws {
+        let missing = requiredPrograms.filter { Processes.which($0.program) == nil }
+        guard missing.isEmpty else {
+            let packages = Set(missing.map(\.package)).sorted().joined(separator: " ")
+            throw LocalClusterError("missing \(missing.map(\.program).joined(separator: ", ")): install with `apt-get install -y \(packages)` (or run scripts/test, which installs them)")
+        }
+    }
+
+    public init(description: ClusterDescription, logger: Logger) {
+        self.description = description
+        self.logger = logger
+    }
+
+    /// Loads `DIR/cluster.json`.
+    public static func load(dir: String, logger: Logger) throws -> LocalCluster {
+        let path = (dir as NSString).appendingPathComponent("cluster.json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw LocalClusterError("no cluster at \(dir): \(path) does not exist (start one with `shardbank demo up --dir \(dir)`)")
+        }
+        do {
+            return LocalCluster(description: try JSONDecoder().decode(ClusterDescription.self, from: data), logger: logger)
+        } catch {
+            throw LocalClusterError("\(path) is not a cluster description: \(error)")
+        }
+    }
+
+    /// Writes `DIR/cluster.json` (mode 0600: it holds the node passwords).
+    public func save() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let path = (dir as NSString).appendingPathComponent("cluster.json")
+        try encoder.encode(description).write(to: URL(fileURLWithPath: path))
+        chmod(path, 0o600)
+    }
+
+    // MARK: start
+
+    /// Starts `nodes` + `spare` MariaDB servers and an `etcdMembers`-member etcd under `dir`, and
+    /// returns once every one answers. On failure, stops whatever it started.
+    public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, logger: Logger,
+                             progress: @Sendable (String) -> Void = { _ in }) async throws -> LocalCluster {
+        try checkPrograms()
+        let fm = FileManager.default
+        let root = URL(fileURLWithPath: dir).standardizedFileURL.path
+        if fm.fileExists(atPath: root + "/cluster.json") {
+            throw LocalClusterError("\(root) already holds a cluster (cluster.json exists): stop it with `shardbank demo down --dir \(root)` or choose another directory")
+        }
+        try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let token = "shardbank-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+
+        var members: [ClusterDescription.EtcdMember] = []
+        for i in 1...max(1, etcdMembers) {
+            let client = try Processes.freePort()
+            let peer = try Processes.freePort()
+            members.append(.init(name: "etcd\(i)", clientURL: "http://127.0.0.1:\(client)", peerURL: "http://127.0.0.1:\(peer)",
+                                 pid: 0, dataDir: root + "/etcd\(i)/data", logFile: root + "/etcd\(i)/etcd.log"))
+        }
+        let initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+        var description = ClusterDescription(
+            dir: root,
+            etcd: .init(endpoints: members.map(\.clientURL), members: members, initialCluster: initialCluster, clusterToken: token),
+            nodes: [])
+        for i in 1...(nodes + spare) {
+            let id = "node\(i)"
+            let nodeDir = root + "/" + id
+            description.nodes.append(.init(
+                id: id, host: "127.0.0.1", port: try Processes.freePort(), database: "bank_db", user: "bank",
+                password: randomPassword(), pid: 0, spare: i > nodes, dataDir: nodeDir + "/data",
+                socket: nodeDir + "/mysqld.sock", configFile: nodeDir + "/my.cnf", logFile: nodeDir + "/mariadbd.log"))
+        }
+        var cluster = LocalCluster(description: description, logger: logger)
+        do {
+            for i in cluster.description.etcd.members.indices {
+                try cluster.spawnEtcd(i, new: true)
+            }
+            try cluster.save()
+            for i in cluster.description.nodes.indices {
+                progress("starting mariadbd \(cluster.description.nodes[i].id)")
+                try cluster.installNode(i)
+                try cluster.spawnNode(i)
+                try cluster.save()
+                try await cluster.waitNodeReady(i)
+                try await cluster.createBankUser(i)
+            }
+            progress("waiting for etcd")
+            for member in cluster.description.etcd.members { try await cluster.waitEtcdReady(member) }
+            try cluster.save()
+        } catch {
+            cluster.stopAll()
+            throw error
+        }
+        return cluster
+    }
+
+    private static func randomPassword() -> String {
+        let alphabet = Array("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+        return String((0..<24).map { _ in alphabet.randomElement()! })
+    }
+
+    private func installNode(_ i: Int) throws {
+        let node = description.nodes[i]
+        let nodeDir = (node.dataDir as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: nodeDir, withIntermediateDirectories: true)
+        let cnf = """
+        [mariadbd]
+        user=root
+        datadir=\(node.dataDir)
+        port=\(node.port)
+        bind-address=127.0.0.1
+        socket=\(node.socket)
+        pid-file=\(nodeDir)/mariadbd.pid
+        log-error=\(node.logFile)
+        innodb_buffer_pool_size=64M
+        innodb_log_file_size=64M
+        innodb_lock_wait_timeout=5
+        skip-name-resolve
+        performance_schema=OFF
+        max_connections=512
+        character-set-server=utf8mb4
+        collation-server=utf8mb4_bin
+
+        """
+        try cnf.write(toFile: node.configFile, atomically: true, encoding: .utf8)
+        let status = try Processes.run(Processes.which("mariadb-install-db")!, [
+            "--no-defaults", "--datadir=\(node.dataDir)", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db",
+        ], logFile: nodeDir + "/install.log")
+        guard status == 0 else {
+            throw LocalClusterError("mariadb-install-db failed for \(node.id) (exit \(status)); see \(nodeDir)/install.log")
+        }
+    }
+
+    private mutating func spawnNode(_ i: Int) throws {
+        let node = description.nodes[i]
+        // --defaults-file must be the first argument.
+        description.nodes[i].pid = try Processes.spawn(Processes.which("mariadbd")!, ["--defaults-file=\(node.configFile)"], logFile: node.logFile)
+    }
+
+    private mutating func spawnEtcd(_ i: Int, new: Bool) throws {
+        let m = description.etcd.members[i]
+        try FileManager.default.createDirectory(atPath: (m.dataDir as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        description.etcd.members[i].pid = try Processes.spawn(Processes.which("etcd")!, [
+            "--name", m.name, "--data-dir", m.dataDir,
+            "--listen-client-urls", m.clientURL, "--advertise-client-urls", m.clientURL,
+            "--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
+            "--initial-cluster", description.etcd.initialCluster, "--initial-cluster-token", description.etcd.clusterToken,
+            "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
+        ], logFile: m.logFile)
+    }
+
+    /// A root connection over the node's Unix socket (root has no password and no TCP access).
+    func rootConfiguration(_ node: ClusterDescription.Node) -> MariaDBConfiguration {
+        MariaDBConfiguration(label: node.id, unixSocket: node.socket, user: "root", password: "", connectTimeout: 2, readTimeout: 10, writeTimeout: 10)
+    }
+
+    /// The bank user's configuration for `node` (TCP).
+    public func bankConfiguration(_ nodeID: String) throws -> MariaDBConfiguration {
+        let node = try self.node(nodeID)
+        return MariaDBConfiguration(label: node.id, host: node.host, port: node.port, user: node.user, password: node.password, database: node.database)
+    }
+
+    private func waitNodeReady(_ i: Int, timeout: Duration = .seconds(60)) async throws {
+        let node = description.nodes[i]
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if !Processes.isAlive(node.pid) {
+                throw LocalClusterError("mariadbd for \(node.id) exited during start-up; see \(node.logFile):\n\(tail(node.logFile))")
+            }
+            if let c = try? await MariaDBConnection.connect(configuration: rootConfiguration(node)) {
+                await c.close()
+                return
+            }
+            guard ContinuousClock.now < deadline else {
+                throw LocalClusterError("mariadbd for \(node.id) did not answer within \(timeout); see \(node.logFile)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    private func createBankUser(_ i: Int) async throws {
+        let node = description.nodes[i]
+        let c = try await MariaDBConnection.connect(configuration: rootConfiguration(node))
+        do {
+            try await c.query("CREATE DATABASE IF NOT EXISTS `\(node.database)`")
+            try await c.query("CREATE USER IF NOT EXISTS '\(node.user)'@'%' IDENTIFIED BY '\(node.password)'")
+            try await c.query("GRANT ALL PRIVILEGES ON `\(node.database)`.* TO '\(node.user)'@'%'")
+        } catch {
+            await c.close()
+            throw error
+        }
+        await c.close()
+    }
+
+    private func waitEtcdReady(_ member: ClusterDescription.EtcdMember, timeout: Duration = .seconds(30)) async throws {
+        let client = EtcdClient(configuration: EtcdConfiguration(endpoints: [member.clientURL], connectTimeout: .milliseconds(500), requestTimeout: .seconds(1)), logger: logger)
+        do {
+            try await pollEtcd(member, client: client, timeout: timeout)
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        try? await client.shutdown()
+    }
+
+    private func pollEtcd(_ member: ClusterDescription.EtcdMember, client: EtcdClient, timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if !Processes.isAlive(member.pid) {
+                throw LocalClusterError("etcd member \(member.name) exited during start-up; see \(member.logFile):\n\(tail(member.logFile))")
+            }
+            // A linearizable read succeeds only once the cluster has a leader.
+            if (try? await client.range(.key("/health-probe"))) != nil { return }
+            guard ContinuousClock.now < deadline else {
+                throw LocalClusterError("etcd member \(member.name) did not answer within \(timeout); see \(member.logFile)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    private func tail(_ file: String, lines: Int = 15) -> String {
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { return "(no log)" }
+        return text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+    }
+
+    // MARK: control
+
+    public func node(_ id: String) throws -> ClusterDescription.Node {
+        guard let n = description.nodes.first(where: { $0.id == id }) else {
+            throw LocalClusterError("no node \(id) in this cluster (nodes: \(description.nodes.map(\.id).joined(separator: ", ")))")
+        }
+        return n
+    }
+
+    /// The pid of a member: a node id or an etcd member name.
+    public func pid(of member: String) throws -> Int32 {
+        if let n = description.nodes.first(where: { $0.id == member }) { return n.pid }
+        if let m = description.etcd.members.first(where: { $0.name == member }) { return m.pid }
+        let names = description.nodes.map(\.id) + description.etcd.members.map(\.name)
+        throw LocalClusterError("no member \(member) in this cluster; members: \(names.joined(separator: ", "))")
+    }
+
+    /// Whether the process still is the one this cluster started (pids get reused).
+    public func owns(_ pid: Int32) -> Bool {
+        guard pid > 0, Processes.isAlive(pid), let cmd = Processes.commandLine(pid) else { return false }
+        return cmd.contains(dir + "/")
+    }
+
+    /// `kill -9`.
+    public func kill(_ member: String) throws {
+        let pid = try pid(of: member)
+        guard owns(pid) else { return }
+        Processes.signal(pid, SIGKILL)
+        Processes.waitGone(pid, timeout: .seconds(5))
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open.
+    public func pause(_ member: String) throws {
+        let pid = try pid(of: member)
+        if owns(pid) { Processes.signal(pid, SIGSTOP) }
+    }
+
+    /// SIGCONT.
+    public func resume(_ member: String) throws {
+        let pid = try pid(of: member)
+        if owns(pid) { Processes.signal(pid, SIGCONT) }
+    }
+
+    /// Stops a member gracefully (SIGTERM).
+    public func stop(_ member: String) throws {
+        let pid = try pid(of: member)
+        if owns(pid) { Processes.terminate(pid) }
+    }
+
+    /// Starts a member again with its data (after `kill` or `stop`), waits until it answers, saves.
+    public mutating func restart(_ member: String) async throws {
+        let pid = try pid(of: member)
+        if owns(pid) { Processes.terminate(pid) }
+        if let i = description.nodes.firstIndex(where: { $0.id == member }) {
+            try spawnNode(i)
+            try save()
+            try await waitNodeReady(i)
+        } else if let i = description.etcd.members.firstIndex(where: { $0.name == member }) {
+            try spawnEtcd(i, new: false)
+            try save()
+            try await waitEtcdReady(description.etcd.members[i])
+        }
+    }
+
+    /// Stops every process this cluster started, and nothing else.
+    public func stopAll() {
+        for (_, pid) in description.processes where owns(pid) {
+            Processes.signal(pid, SIGCONT)
+            Processes.signal(pid, SIGTERM)
+        }
+        for (_, pid) in description.processes where pid > 0 {
+            Processes.waitGone(pid, timeout: .seconds(10))
+            if owns(pid) {
+                Processes.signal(pid, SIGKILL)
+                Processes.waitGone(pid, timeout: .seconds(5))
+            }
+        }
+    }
+
+    /// Stops everything and deletes the directory.
+    public func destroy() {
+        stopAll()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

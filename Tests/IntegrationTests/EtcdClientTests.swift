@@ -1,0 +1,198 @@
+import Etcd
+import Foundation
+import LocalCluster
+import Testing
+
+@Suite("etcd client against real etcd", .serialized)
+struct EtcdClientTests {
+    @Test("KV: put, get, prefix range, delete, transactions with compares")
+    func kv() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            let etcd = etcdClient(cluster)
+            let rev = try await etcd.put("/t/a", "1")
+            try await etcd.put("/t/b", "2")
+            try await etcd.put("/u", "3")
+            #expect(try await etcd.get("/t/a")?.stringValue == "1")
+            #expect(try await etcd.get("/t/missing") == nil)
+            let prefix = try await etcd.range(.prefix("/t/"))
+            #expect(prefix.kvs.map(\.key) == ["/t/a", "/t/b"])
+            #expect(try await etcd.get("/t/a", consistency: .serializable)?.modRevision == rev)
+            let ok = try await etcd.transaction(compare: [.modRevision("/t/a", is: rev)], success: [.put("/t/a", "10")], failure: [.get(.key("/t/a"))])
+            #expect(ok.succeeded)
+            let stale = try await etcd.transaction(compare: [.modRevision("/t/a", is: rev)], success: [.put("/t/a", "11")], failure: [.get(.key("/t/a"))])
+            #expect(!stale.succeeded)
+            guard case .get(let current) = stale.results.first else { Issue.record("no failure read"); return }
+            #expect(current.kvs.first?.stringValue == "10")
+            let absent = try await etcd.transaction(compare: [.absent("/t/a")], success: [.put("/t/a", "x")])
+            #expect(!absent.succeeded)
+            let valueCompare = try await etcd.transaction(compare: [EtcdCompare(key: "/t/b", .value(Array("2".utf8)))], success: [.delete(.key("/t/b"))])
+            #expect(valueCompare.succeeded)
+            let versionCompare = try await etcd.transaction(compare: [EtcdCompare(key: "/t/a", .version(2))], success: [])
+            #expect(versionCompare.succeeded)
+            #expect(try await etcd.delete(.prefix("/t/")) == 1)
+            #expect(try await etcd.get("/u")?.stringValue == "3")
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("leases: keys vanish when the lease is revoked; keep-alive reports a lost lease")
+    func leases() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            let etcd = etcdClient(cluster)
+            let lease = try await etcd.grantLease(ttl: 2)
+            try await etcd.put("/hb/n1", "alive", lease: lease.id)
+            #expect(try await etcd.keepAliveOnce(lease.id) == 2)
+            try await etcd.revokeLease(lease.id)
+            #expect(try await etcd.get("/hb/n1") == nil)
+            #expect(try await etcd.keepAliveOnce(lease.id) == nil)
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("watch resumes after its member is killed with no lost and no duplicated event")
+    func watchResume() async throws {
+        try await withCluster(nodes: 0, etcd: 3) { cluster in
+            let etcd = etcdClient(cluster)
+            let start = try await etcd.put("/w/start", "0")
+            var seen: [String] = []
+            var iterator = etcd.watch(.prefix("/w/k"), startRevision: start + 1).makeAsyncIterator()
+            for i in 0..<20 { try await etcd.put("/w/k\(i)", "\(i)") }
+            while seen.count < 20 { seen += try #require(try await iterator.next()).events.map(\.kv.stringValue) }
+            // Kill the member the client prefers (the watch stream's member), write more through the others.
+            try cluster.kill("etcd1")
+            for i in 20..<40 { try await etcd.put("/w/k\(i)", "\(i)") }
+            try await cluster.restart("etcd1")
+            for i in 40..<50 { try await etcd.put("/w/k\(i)", "\(i)") }
+            while seen.count < 50 { seen += try #require(try await iterator.next()).events.map(\.kv.stringValue) }
+            #expect(seen == (0..<50).map(String.init))
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("watch from a compacted revision fails with a distinct error")
+    func watchCompacted() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            let etcd = etcdClient(cluster)
+            let first = try await etcd.put("/c/a", "1")
+            let last = try await etcd.put("/c/a", "2")
+            try await etcd.compact(revision: last)
+            var iterator = etcd.watch(.prefix("/c/"), startRevision: first).makeAsyncIterator()
+            do {
+                _ = try await iterator.next()
+                Issue.record("a watch from a compacted revision delivered events")
+            } catch let error as EtcdError {
+                #expect(error.code == .compacted)
+                #expect(error.compactRevision == last)
+            }
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("failover: calls go on through another member when the member in use is killed or hung")
+    func failover() async throws {
+        try await withCluster(nodes: 0, etcd: 3) { cluster in
+            let etcd = etcdClient(cluster)
+            try await etcd.put("/f/a", "1")
+            try cluster.kill("etcd1")
+            let start = ContinuousClock.now
+            #expect(try await etcd.get("/f/a")?.stringValue == "1")
+            try await etcd.put("/f/b", "2")
+            #expect(ContinuousClock.now - start < .seconds(5))
+            try await cluster.restart("etcd1")
+            // A hung member (SIGSTOP) keeps its sockets open: the request timeout moves calls on.
+            let other = etcdClient(cluster)
+            try cluster.pause("etcd1")
+            let hungStart = ContinuousClock.now
+            #expect(try await other.get("/f/b")?.stringValue == "2")
+            #expect(ContinuousClock.now - hungStart < .seconds(5))
+            try cluster.resume("etcd1")
+            try await other.shutdown()
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("a mutation whose answer is lost reports outcome unknown instead of being replayed")
+    func outcomeUnknown() async throws {
+        try await withCluster(nodes: 0, etcd: 3) { cluster in
+            let etcd = EtcdClient(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, requestTimeout: .milliseconds(500)), logger: testLogger)
+            try await etcd.put("/o/a", "1") // opens a keep-alive connection to etcd1
+            try cluster.pause("etcd1")
+            do {
+                try await etcd.put("/o/a", "2")
+                Issue.record("a put to a hung member succeeded without failover being reported")
+            } catch let error as EtcdError {
+                #expect(error.code == .outcomeUnknown)
+            }
+            // Reads move on to a live member.
+            #expect(try await etcd.get("/o/a") != nil)
+            try cluster.resume("etcd1")
+            try await etcd.shutdown()
+        }
+    }
+
+    @Test("auth: a wrong password is refused clearly; the right one works and an expired token is renewed")
+    func auth() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            let endpoint = cluster.description.etcd.endpoints[0]
+            try enableAuth(endpoint: endpoint, rootPassword: "rootpw", dir: cluster.dir)
+            let wrong = etcdClient(cluster, username: "root", password: "wrong-password-123")
+            do {
+                _ = try await wrong.get("/a")
+                Issue.record("wrong password accepted")
+            } catch let error as EtcdError {
+                #expect(error.code == .authenticationFailed)
+                #expect(!error.description.contains("wrong-password-123"))
+            }
+            let anonymous = etcdClient(cluster)
+            await #expect(throws: EtcdError.self) { try await anonymous.put("/a", "1") }
+            let right = etcdClient(cluster, username: "root", password: "rootpw")
+            try await right.put("/a", "1")
+            #expect(try await right.get("/a")?.stringValue == "1")
+            // Tokens expire after --auth-token-ttl (300 s default); restarting the member drops every
+            // simple token at once, which the client must survive by authenticating again.
+            try await cluster.restart("etcd1")
+            #expect(try await right.get("/a")?.stringValue == "1")
+            try await wrong.shutdown()
+            try await anonymous.shutdown()
+            try await right.shutdown()
+        }
+    }
+
+    @Test("no dropped call under load: 10,000 sequential and 10,000 concurrent operations")
+    func load() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            let etcd = etcdClient(cluster)
+            for i in 0..<10_000 {
+                if i % 2 == 0 { try await etcd.put("/load/\(i % 100)", "\(i)") } else { _ = try await etcd.get("/load/\(i % 100)", consistency: .serializable) }
+            }
+            let failures = try await withThrowingTaskGroup(of: Int.self) { group in
+                for worker in 0..<32 {
+                    group.addTask {
+                        var failed = 0
+                        for i in 0..<(10_000 / 32 + (worker < 10_000 % 32 ? 1 : 0)) {
+                            do {
+                                if i % 2 == 0 { try await etcd.put("/load/c\(worker)", "\(i)") } else { _ = try await etcd.get("/load/c\(worker)") }
+                            } catch { failed += 1 }
+                        }
+                        return failed
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+            #expect(failures == 0)
+            try await etcd.shutdown()
+        }
+    }
+}
+
+/// Turns on etcd auth with a root user, using etcdctl as an operator would.
+func enableAuth(endpoint: String, rootPassword: String, dir: String) throws {
+    guard let etcdctl = Processes.which("etcdctl") else {
+        throw LocalClusterError("etcdctl is missing: install it with `apt-get install -y etcd-client`")
+    }
+    let log = dir + "/etcdctl.log"
+    for args in [["user", "add", "root:\(rootPassword)"], ["auth", "enable"]] {
+        let status = try Processes.run(etcdctl, ["--endpoints", endpoint] + args, logFile: log)
+        guard status == 0 else { throw LocalClusterError("etcdctl \(args[0]) \(args[1]) failed; see \(log)") }
+    }
+}

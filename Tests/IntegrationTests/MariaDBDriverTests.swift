@@ -1,0 +1,184 @@
+import Foundation
+import LocalCluster
+import MariaDB
+import Testing
+
+@Suite("MariaDB driver against a real mariadbd", .serialized)
+struct MariaDBDriverTests {
+    @Test("round trip of every supported type through prepared statements and the text protocol")
+    func roundTripEveryType() async throws {
+        try await withCluster { cluster in
+            let c = try await connect(cluster)
+            try await c.query("""
+                CREATE TABLE types (id BIGINT PRIMARY KEY, i BIGINT, u BIGINT UNSIGNED, s VARCHAR(255), b BOOLEAN,
+                  n VARCHAR(10) NULL, d DATE, dt DATETIME(6), m DECIMAL(19,2), bin VARBINARY(16), f DOUBLE) ENGINE=InnoDB
+                """)
+            let dt = SQLDateTime(date: SQLDate(year: 2026, month: 11, day: 25), hour: 23, minute: 59, second: 58, microsecond: 123_456)
+            let name = "O'Brien \"; DROP TABLE types; -- 名前 ✓"
+            try await c.execute("INSERT INTO types VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
+                .int(1), .int(Int64.min), .uint(UInt64.max), .string(name), .bool(true), .null,
+                .date(SQLDate(year: 1999, month: 12, day: 31)), .dateTime(dt), .money(minorUnits: -12_345), .bytes([0, 1, 255]), .double(0.5),
+            ])
+            for result in [try await c.execute("SELECT * FROM types WHERE id = ?", [.int(1)]), try await c.query("SELECT * FROM types WHERE id = 1")] {
+                let row = try #require(result.rows.first)
+                #expect(try row.int64("i") == Int64.min)
+                #expect(row["u"] == .uint(UInt64.max))
+                #expect(try row.string("s") == name)
+                #expect(try row.bool("b") == true)
+                #expect(row["n"] == .null)
+                #expect(try row.optionalString("n") == nil)
+                #expect(try row.date("d") == SQLDate(year: 1999, month: 12, day: 31))
+                #expect(try row.dateTime("dt") == dt)
+                #expect(try row.minorUnits("m") == -12_345)
+                #expect(row["bin"] == .bytes([0, 1, 255]))
+                #expect(row["f"] == .double(0.5))
+            }
+            await c.close()
+        }
+    }
+
+    @Test("DECIMAL(19,2) is exact at 0.01 and at 99,999,999,999,999,999.99")
+    func decimalExactness() async throws {
+        try await withCluster { cluster in
+            let c = try await connect(cluster)
+            try await c.query("CREATE TABLE money (id INT PRIMARY KEY, amount DECIMAL(19,2) NOT NULL)")
+            let largest = try #require(SQLDecimal("99999999999999999.99"))
+            try await c.execute("INSERT INTO money VALUES (1, ?), (2, ?), (3, ?)", [.money(minorUnits: 1), .decimal(largest), .decimal(SQLDecimal("-99999999999999999.99")!)])
+            let rows = try await c.execute("SELECT id, amount, amount + 0.01 AS plus FROM money ORDER BY id").rows
+            #expect(try rows[0].minorUnits("amount") == 1)
+            #expect(try rows[0].decimal("amount").description == "0.01")
+            #expect(try rows[0].minorUnits("plus") == 2)
+            #expect(try rows[1].decimal("amount") == largest)
+            #expect(try rows[1].decimal("amount").description == "99999999999999999.99")
+            #expect(try rows[2].decimal("amount").description == "-99999999999999999.99")
+            // Beyond Int64 minor units: the conversion fails loudly instead of wrapping.
+            #expect(throws: MariaDBValueError.self) { try rows[1].minorUnits("amount") }
+            // Sum of many cents is exact (no binary floating point anywhere).
+            try await c.query("CREATE TABLE cents (v DECIMAL(19,2))")
+            for _ in 0..<10 { try await c.execute("INSERT INTO cents VALUES (?)", [.money(minorUnits: 10)]) }
+            let sum = try await c.query("SELECT SUM(v) AS s FROM cents").rows[0]
+            #expect(try sum.minorUnits("s") == 100)
+            await c.close()
+        }
+    }
+
+    @Test("transactions: commit keeps, rollback discards")
+    func transactions() async throws {
+        try await withCluster { cluster in
+            let c = try await connect(cluster)
+            try await c.query("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+            _ = try await c.transaction(isolation: .readCommitted) { c in try await c.execute("INSERT INTO t VALUES (1)") }
+            struct Boom: Error {}
+            await #expect(throws: Boom.self) {
+                try await c.transaction { c in
+                    try await c.execute("INSERT INTO t VALUES (2)")
+                    throw Boom()
+                }
+            }
+            #expect(try await c.query("SELECT id FROM t").rows.map { try $0.int64("id") } == [1])
+            await c.close()
+        }
+    }
+
+    @Test("a prepared XA transaction is still listed by XA RECOVER after kill -9 and restart of its mariadbd")
+    func xaSurvivesKill() async throws {
+        try await withCluster { cluster in
+            let c = try await connect(cluster)
+            try await c.query("CREATE TABLE t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+            let xid = XID(gtrid: "transfer-42", bqual: "node1")
+            try await c.xaStart(xid)
+            try await c.execute("INSERT INTO t VALUES (?, ?)", [.int(1), .int(10)])
+            try await c.xaEnd(xid)
+            try await c.xaPrepare(xid)
+            try cluster.kill("node1")
+            // The old connection is dead: its next call reports a broken connection.
+            await #expect(throws: MariaDBError.self) { try await c.query("SELECT 1") }
+            #expect(c.isBroken)
+            try await cluster.restart("node1")
+            let d = try await connect(cluster)
+            #expect(try await d.xaRecover().contains(xid))
+            try await d.xaCommit(xid)
+            #expect(try await d.xaRecover().isEmpty)
+            #expect(try await d.query("SELECT v FROM t WHERE id = 1").rows.first?.int64("v") == 10)
+            await d.close()
+        }
+    }
+
+    @Test("errors: wrong password names the node and never the password; server errors carry errno and SQLSTATE")
+    func errors() async throws {
+        try await withCluster { cluster in
+            var config = try cluster.bankConfiguration("node1")
+            let wrong = "not-the-password-\(UUID().uuidString)"
+            config.password = wrong
+            do {
+                _ = try await MariaDBConnection.connect(configuration: config)
+                Issue.record("connect with a wrong password succeeded")
+            } catch let error as MariaDBError {
+                #expect(error.code == .authenticationFailed)
+                #expect(error.description.contains("node1"))
+                #expect(!error.description.contains(wrong))
+                #expect(!error.isRetryable)
+            }
+            let c = try await connect(cluster)
+            try await c.query("CREATE TABLE t (id INT PRIMARY KEY, secret VARCHAR(50))")
+            try await c.execute("INSERT INTO t VALUES (1, ?)", [.string("s3cr3t-value")])
+            do {
+                try await c.execute("INSERT INTO t VALUES (1, ?)", [.string("s3cr3t-value")])
+                Issue.record("duplicate key accepted")
+            } catch let error as MariaDBError {
+                #expect(error.errorNumber == 1062)
+                #expect(error.sqlState == "23000")
+                #expect(!error.description.contains("s3cr3t"))
+                #expect(!error.isConnectionBroken)
+            }
+            // Unreachable server: a clear error within the connect timeout.
+            let closedPort = try Processes.freePort()
+            let start = ContinuousClock.now
+            await #expect(throws: MariaDBError.self) {
+                _ = try await MariaDBConnection.connect(configuration: MariaDBConfiguration(label: "nowhere", port: closedPort, user: "x", password: "y", connectTimeout: 1))
+            }
+            #expect(ContinuousClock.now - start < .seconds(3))
+            await c.close()
+        }
+    }
+
+    @Test("pool: bounded size, acquire timeout, broken connections replaced")
+    func pool() async throws {
+        try await withCluster { cluster in
+            let pool = MariaDBPool(configuration: try cluster.bankConfiguration("node1"),
+                                   options: .init(maxConnections: 2, acquireTimeout: .milliseconds(300), validateAfter: .milliseconds(1)), logger: testLogger)
+            let a = try await pool.lease()
+            let b = try await pool.lease()
+            #expect(pool.statistics == .init(inUse: 2, idle: 0, opening: 0, waiting: 0))
+            do {
+                _ = try await pool.lease()
+                Issue.record("a third lease succeeded on a pool of two")
+            } catch let error as MariaDBError {
+                #expect(error.code == .poolTimeout)
+                #expect(error.description.contains("node1"))
+            }
+            pool.release(a)
+            pool.release(b)
+            #expect(pool.statistics.idle == 2)
+            // 16 concurrent users share two connections.
+            try await withThrowingTaskGroup(of: Int64.self) { group in
+                for i in 0..<16 {
+                    group.addTask { try await pool.withConnection { try await $0.execute("SELECT ? AS v", [.int(Int64(i))]).rows[0].int64("v") } }
+                }
+                var sum: Int64 = 0
+                for try await v in group { sum += v }
+                #expect(sum == 120)
+            }
+            // Kill the connections server-side: validation notices and the pool replaces them.
+            let admin = try await connect(cluster)
+            for row in try await admin.query("SELECT id FROM information_schema.processlist WHERE user = 'bank' AND id <> CONNECTION_ID()").rows {
+                _ = try? await admin.query("KILL \(try row.int64("id"))")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+            let v = try await pool.withConnection { try await $0.query("SELECT 7 AS v").rows[0].int64("v") }
+            #expect(v == 7)
+            await admin.close()
+            await pool.shutdown()
+        }
+    }
+}

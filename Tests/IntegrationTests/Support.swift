@@ -1,0 +1,51 @@
+import Etcd
+import Foundation
+import LocalCluster
+import Logging
+import MariaDB
+import Synchronization
+import Testing
+
+/// Tests log to nowhere unless SHARDBANK_TEST_LOG is set; the logger is passed in, never bootstrapped.
+let testLogger: Logger = {
+    var logger = Logger(label: "shardbank.test", factory: { _ in SwiftLogNoOpLogHandler() })
+    if ProcessInfo.processInfo.environment["SHARDBANK_TEST_LOG"] != nil {
+        logger = Logger(label: "shardbank.test", factory: { StreamLogHandler.standardError(label: $0) })
+        logger.logLevel = .debug
+    }
+    return logger
+}()
+
+/// Every cluster a test started, stopped at process exit even when a test fails.
+private let startedClusters = Mutex<[LocalCluster]>([])
+private let exitHook: Void = { atexit { startedClusters.withLock { $0.forEach { $0.destroy() } } } }()
+
+/// Starts a fresh cluster of real processes in a temporary directory.
+func startCluster(nodes: Int = 1, spare: Int = 0, etcd: Int = 1) async throws -> LocalCluster {
+    _ = exitHook
+    let dir = FileManager.default.temporaryDirectory.path + "/shardbank-test-" + UUID().uuidString.prefix(8)
+    let cluster = try await LocalCluster.start(dir: dir, nodes: nodes, spare: spare, etcdMembers: etcd, logger: testLogger)
+    startedClusters.withLock { $0.append(cluster) }
+    return cluster
+}
+
+/// Runs `body` with a fresh cluster and destroys it afterwards.
+func withCluster<T>(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, _ body: (inout LocalCluster) async throws -> T) async throws -> T {
+    var cluster = try await startCluster(nodes: nodes, spare: spare, etcd: etcd)
+    do {
+        let result = try await body(&cluster)
+        cluster.destroy()
+        return result
+    } catch {
+        cluster.destroy()
+        throw error
+    }
+}
+
+func etcdClient(_ cluster: LocalCluster, username: String? = nil, password: String? = nil) -> EtcdClient {
+    EtcdClient(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, username: username, password: password), logger: testLogger)
+}
+
+func connect(_ cluster: LocalCluster, _ node: String = "node1") async throws -> MariaDBConnection {
+    try await MariaDBConnection.connect(configuration: cluster.bankConfiguration(node))
+}
