@@ -82,7 +82,7 @@ public struct LocalCluster: Sendable {
             dir: root,
             etcd: .init(endpoints: members.map(\.clientURL), members: members, initialCluster: initialCluster, clusterToken: token),
             nodes: [])
-        for i in 1...(nodes + spare) {
+        for i in stride(from: 1, through: nodes + spare, by: 1) {
             let id = "node\(i)"
             let nodeDir = root + "/" + id
             description.nodes.append(.init(
@@ -229,8 +229,8 @@ public struct LocalCluster: Sendable {
             if !Processes.isAlive(member.pid) {
                 throw LocalClusterError("etcd member \(member.name) exited during start-up; see \(member.logFile):\n\(tail(member.logFile))")
             }
-            // A linearizable read succeeds only once the cluster has a leader.
-            if (try? await client.range(.key("/health-probe"))) != nil { return }
+            // Status needs no credentials even with auth on; a known leader means the member serves.
+            if let status = try? await client.status(endpoint: member.clientURL), status.leader != 0 { return }
             guard ContinuousClock.now < deadline else {
                 throw LocalClusterError("etcd member \(member.name) did not answer within \(timeout); see \(member.logFile)")
             }
