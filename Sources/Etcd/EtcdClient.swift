@@ -149,7 +149,7 @@ public final class EtcdClient: Sendable {
         var reauthenticated = false
         var lastError: EtcdError?
         var attempts = 0
-        while attempts < configuration.endpoints.count + 1 {
+        while attempts < configuration.endpoints.count {
             attempts += 1
             if state.withLock({ $0.isShutDown }) { throw EtcdError(code: .shutDown, message: "the etcd client is shut down") }
             let index = currentEndpointIndex()
@@ -197,7 +197,7 @@ public final class EtcdClient: Sendable {
                 throw error
             }
         }
-        throw EtcdError(code: .unavailable, message: "no etcd member answered (tried \(configuration.endpoints.joined(separator: ", "))): \(lastError?.message ?? "unknown error")",
+        throw EtcdError(code: .unavailable, message: "no etcd member answered (tried \(configuration.endpoints.joined(separator: ", ")); check etcd.endpoints and that etcd runs): \(lastError?.message ?? "unknown error")",
                         endpoint: lastError?.endpoint, underlying: lastError)
     }
 

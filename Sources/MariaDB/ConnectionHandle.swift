@@ -58,7 +58,7 @@ final class ConnectionHandle: @unchecked Sendable {
             switch errno {
             case 1045, 1044, 1698:
                 throw MariaDBError(code: .authenticationFailed, server: server, errorNumber: errno, sqlState: sqlState,
-                                   message: "the server refused the credentials of user '\(config.user)'; check the user name and password configured for \(config.label) (\(text))")
+                                   message: "the server refused the credentials of user \(config.user); check the user name and password configured for \(config.label) (\(text))")
             case 1049:
                 throw MariaDBError(code: .connectionFailed, server: server, errorNumber: errno, sqlState: sqlState,
                                    message: "database does not exist on \(config.label): create it or fix the configured database name")

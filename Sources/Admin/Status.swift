@@ -1,0 +1,73 @@
+import ClusterMetadata
+import Foundation
+import Sharding
+
+/// `ctl status`: the maps and the nodes, as text or JSON.
+public struct ClusterStatus: Sendable {
+    public var prefix: String
+    public var accounts: StoredMap?
+    public var directory: StoredMap?
+    public var nodes: [NodeInfo]
+
+    public static func load(store: MetadataStore) async throws -> ClusterStatus {
+        async let accounts = store.loadMap(.accounts)
+        async let directory = store.loadMap(.directory)
+        async let nodes = store.nodes()
+        return ClusterStatus(prefix: store.keys.prefix, accounts: try await accounts, directory: try await directory, nodes: try await nodes)
+    }
+
+    /// How a bound of a map reads to a person: money for balances, the raw hash otherwise.
+    static func bound(_ value: Int64?, keyKind: String) -> String {
+        guard let value else { return "∞" }
+        return keyKind == "balance_cents" ? Money(minorUnits: value).description : String(value)
+    }
+
+    public func text() -> String {
+        guard accounts != nil || directory != nil || !nodes.isEmpty else {
+            return "No ShardBank cluster under \(prefix): run `shardbank ctl init --config FILE` first.\n"
+        }
+        var out = ""
+        for (title, stored) in [("accounts (by balance)", accounts), ("directory (by account-id hash)", directory)] {
+            guard let stored else { out += "\(title): not initialised\n\n"; continue }
+            out += "\(title) map, version \(stored.map.version), etcd revision \(stored.modRevision)\n"
+            var rows = [["RANGE", "FROM", "TO", "NODE"]]
+            for r in stored.map.ranges {
+                rows.append([r.id, Self.bound(r.lowerBound, keyKind: stored.map.keyKind), Self.bound(r.upperBound, keyKind: stored.map.keyKind), r.node])
+            }
+            out += table(rows) + "\n"
+        }
+        out += "nodes\n"
+        var rows = [["NODE", "ADDRESS", "DATABASE", "TLS", "STATE"]]
+        for n in nodes { rows.append([n.id, "\(n.host):\(n.port)", n.database, n.tlsMode, n.state.rawValue]) }
+        out += table(rows)
+        return out
+    }
+
+    public func json() throws -> String {
+        struct MapOut: Encodable {
+            var name: String, version: Int64, key: String, modRevision: Int64
+            var ranges: [RangeOut]
+            enum CodingKeys: String, CodingKey { case name, version, key, modRevision = "mod_revision", ranges }
+        }
+        struct RangeOut: Encodable {
+            var id: String, lo: Int64, hi: Int64?, from: String, to: String, node: String
+        }
+        struct Out: Encodable { var prefix: String; var maps: [MapOut]; var nodes: [NodeInfo] }
+        let maps = [accounts, directory].compactMap { $0 }.map { s in
+            MapOut(name: s.map.name, version: s.map.version, key: s.map.keyKind, modRevision: s.modRevision, ranges: s.map.ranges.map {
+                RangeOut(id: $0.id, lo: $0.lowerBound, hi: $0.upperBound, from: Self.bound($0.lowerBound, keyKind: s.map.keyKind),
+                         to: Self.bound($0.upperBound, keyKind: s.map.keyKind), node: $0.node)
+            })
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(Out(prefix: prefix, maps: maps, nodes: nodes)), as: UTF8.self) + "\n"
+    }
+
+    private func table(_ rows: [[String]]) -> String {
+        let widths = rows[0].indices.map { i in rows.map { $0[i].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { i, cell in cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n") + "\n"
+    }
+}

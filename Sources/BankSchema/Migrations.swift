@@ -1,0 +1,139 @@
+import Logging
+import MariaDB
+
+/// One step of a node's schema. Versions are applied in order, once each; never edit a released one.
+public struct Migration: Sendable {
+    public var version: Int
+    public var name: String
+    public var statements: [String]
+}
+
+/// The schema of `bank_db` on every storage node (DESIGN §3).
+public enum BankSchema {
+    /// Every migration, in order.
+    public static let migrations: [Migration] = [
+        Migration(version: 1, name: "ledger tables", statements: [
+            // The seed's table: balance DECIMAL(19,2) (the seed's 10,2 caps at 99,999,999.99);
+            // balance_range = id of the range holding the row; row_version for optimistic checks.
+            """
+            CREATE TABLE IF NOT EXISTS account_info (
+              account_id BIGINT NOT NULL,
+              customer_name VARCHAR(255) NOT NULL,
+              balance DECIMAL(19,2) NOT NULL,
+              balance_range VARCHAR(64) NOT NULL,
+              row_version BIGINT NOT NULL DEFAULT 1,
+              created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+              updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (account_id),
+              KEY by_range (balance_range, account_id),
+              CONSTRAINT balance_not_negative CHECK (balance >= 0)
+            ) ENGINE=InnoDB
+            """,
+            // Directory entry of an account: on the node owning hash(account_id) in the directory map.
+            """
+            CREATE TABLE IF NOT EXISTS account_directory (
+              account_id BIGINT NOT NULL,
+              directory_range VARCHAR(64) NOT NULL,
+              data_node VARCHAR(64) NOT NULL,
+              data_range VARCHAR(64) NOT NULL,
+              previous_nodes VARCHAR(1024) NOT NULL DEFAULT '',
+              updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (account_id),
+              KEY by_range (directory_range, account_id)
+            ) ENGINE=InnoDB
+            """,
+            // One row per posting.
+            """
+            CREATE TABLE IF NOT EXISTS journal (
+              entry_id BIGINT NOT NULL AUTO_INCREMENT,
+              account_id BIGINT NOT NULL,
+              transfer_id VARCHAR(64) NOT NULL,
+              amount DECIMAL(19,2) NOT NULL,
+              balance_after DECIMAL(19,2) NOT NULL,
+              created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (entry_id),
+              UNIQUE KEY one_posting (transfer_id, account_id),
+              KEY by_account (account_id, entry_id)
+            ) ENGINE=InnoDB
+            """,
+            // Transfer id = idempotency key = 2PC decision record.
+            """
+            CREATE TABLE IF NOT EXISTS transfers (
+              transfer_id VARCHAR(64) NOT NULL,
+              kind VARCHAR(16) NOT NULL,
+              state VARCHAR(16) NOT NULL,
+              from_account BIGINT NULL,
+              to_account BIGINT NULL,
+              amount DECIMAL(19,2) NOT NULL,
+              request_hash CHAR(64) NOT NULL,
+              participants VARCHAR(255) NOT NULL DEFAULT '',
+              created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (transfer_id)
+            ) ENGINE=InnoDB
+            """,
+            // The ownership fence (DESIGN §4): every write reads its range's row in share mode.
+            """
+            CREATE TABLE IF NOT EXISTS range_ownership (
+              map_name VARCHAR(32) NOT NULL,
+              range_id VARCHAR(64) NOT NULL,
+              lower_bound BIGINT NOT NULL,
+              upper_bound BIGINT NULL,
+              epoch BIGINT NOT NULL,
+              state VARCHAR(16) NOT NULL,
+              updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (map_name, range_id)
+            ) ENGINE=InnoDB
+            """,
+        ]),
+    ]
+
+    /// The newest version this build knows.
+    public static var latestVersion: Int { migrations.last?.version ?? 0 }
+
+    /// Brings the connected database to the latest version. Safe to run from several processes at
+    /// once (serialised by a named lock) and again on an up-to-date database (does nothing).
+    /// Returns the versions it applied.
+    @discardableResult
+    public static func migrate(_ connection: MariaDBConnection, logger: Logger) async throws -> [Int] {
+        try await connection.query("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+              version INT NOT NULL PRIMARY KEY,
+              name VARCHAR(255) NOT NULL,
+              applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+            ) ENGINE=InnoDB
+            """)
+        let locked = try await connection.query("SELECT GET_LOCK('shardbank_schema_migration', 60) AS l").rows.first?.int64("l")
+        guard locked == 1 else {
+            throw MariaDBError(code: .server, server: connection.configuration.endpointDescription,
+                               message: "another process holds the schema migration lock for over 60 s")
+        }
+        do {
+            let applied = Set(try await connection.query("SELECT version FROM schema_migrations").rows.map { try $0.int64("version") })
+            if let newest = applied.max(), newest > latestVersion {
+                throw MariaDBError(code: .server, server: connection.configuration.endpointDescription,
+                                   message: "the database is at schema version \(newest), newer than this build's \(latestVersion); upgrade ShardBank")
+            }
+            var done: [Int] = []
+            for migration in migrations where !applied.contains(Int64(migration.version)) {
+                // MariaDB commits DDL implicitly; every statement is idempotent (IF NOT EXISTS), so a
+                // crash between a statement and the version row is repaired by running again.
+                for statement in migration.statements { try await connection.query(statement) }
+                try await connection.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [.int(Int64(migration.version)), .string(migration.name)])
+                logger.info("applied schema migration", metadata: ["node": "\(connection.configuration.label)", "version": "\(migration.version)"])
+                done.append(migration.version)
+            }
+            _ = try await connection.query("SELECT RELEASE_LOCK('shardbank_schema_migration')")
+            return done
+        } catch {
+            _ = try? await connection.query("SELECT RELEASE_LOCK('shardbank_schema_migration')")
+            throw error
+        }
+    }
+
+    /// The database's current version (0 when never migrated).
+    public static func currentVersion(_ connection: MariaDBConnection) async throws -> Int {
+        let exists = try await connection.query("SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'")
+        guard try exists.rows.first?.int64("n") == 1 else { return 0 }
+        return Int(try await connection.query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").rows.first?.int64("v") ?? 0)
+    }
+}

@@ -1,0 +1,158 @@
+import Admin
+import ArgumentParser
+import Foundation
+import LocalCluster
+import Logging
+import ShardBankConfig
+
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A local cluster of real mariadbd and etcd processes, for trying ShardBank and for failure drills.",
+        discussion: """
+            `demo up` starts the processes in the background (they outlive the command), bootstraps the
+            cluster with `ctl init`, and writes DIR/shardbank.json (a configuration file the other
+            commands accept) and DIR/cluster.json (ports, pids, passwords). `demo down` stops every
+            process `up` started, and nothing else.
+            """,
+        subcommands: [Up.self, Down.self, Kill.self, Stop.self, Cont.self, Restart.self])
+
+    struct DirOption: ParsableArguments {
+        @Option(help: ArgumentHelp("The cluster's directory.", valueName: "dir"))
+        var dir: String
+    }
+
+    struct Up: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a local cluster and bootstrap it.")
+        @OptionGroup var location: DirOption
+        @Option(help: "Storage nodes in the shard map (at least 3 for the seed's layout).") var nodes = 3
+        @Option(help: "etcd members (3 tolerates the loss of one).") var etcd = 3
+        @Option(help: "Extra MariaDB nodes started but not in the shard map, for adding later.") var spare = 0
+
+        func validate() throws {
+            guard nodes >= 3 else { throw ValidationError("--nodes must be at least 3: the seed's layout has three ranges") }
+            guard (1...7).contains(etcd) else { throw ValidationError("--etcd must be between 1 and 7") }
+            guard (0...10).contains(spare) else { throw ValidationError("--spare must be between 0 and 10") }
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                let logger = makeLogger(.warning)
+                let progress = progressPrinter()
+                progress("starting \(nodes + spare) mariadbd and \(etcd) etcd under \(location.dir)")
+                let cluster = try await LocalCluster.start(dir: location.dir, nodes: nodes, spare: spare, etcdMembers: etcd, logger: logger, progress: progress)
+                do {
+                    let configPath = try writeConfiguration(cluster)
+                    let configuration = try await ShardBankConfiguration.load(file: configPath)
+                    let bootstrap = try Bootstrap(configuration: configuration)
+                    try await withEtcd(configuration, logger: logger) { etcd in
+                        try await bootstrap.run(etcd: etcd, logger: logger, progress: progress)
+                    }
+                    print("""
+                        cluster up in \(cluster.dir)
+                          etcd:   \(cluster.description.etcd.endpoints.joined(separator: " "))
+                          nodes:  \(cluster.description.nodes.map { "\($0.id)=\($0.host):\($0.port)\($0.spare ? " (spare)" : "")" }.joined(separator: " "))
+                          config: \(configPath)
+                        try:  shardbank ctl status --config \(configPath)
+                        stop: shardbank demo down --dir \(cluster.dir)
+                        """)
+                } catch {
+                    cluster.destroy()
+                    throw error
+                }
+            }
+        }
+
+        /// DIR/shardbank.json plus one password file per node under DIR/secrets (mode 0600).
+        func writeConfiguration(_ cluster: LocalCluster) throws -> String {
+            let fm = FileManager.default
+            let secrets = cluster.dir + "/secrets"
+            try fm.createDirectory(atPath: secrets, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            var nodes: [String: Any] = [:]
+            for node in cluster.description.nodes {
+                let file = "\(secrets)/\(node.id)-password"
+                try node.password.write(toFile: file, atomically: true, encoding: .utf8)
+                try fm.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+                nodes[node.id] = ["host": node.host, "port": node.port, "database": node.database, "user": node.user,
+                                  "password_file": "secrets/\(node.id)-password"]
+            }
+            let config: [String: Any] = [
+                "logging": ["level": "info"],
+                "etcd": ["endpoints": cluster.description.etcd.endpoints, "prefix": "/shardbank/"],
+                "mysql": ["user": "bank", "pool": ["max_connections": 32]],
+                "cluster": ["nodes": cluster.description.nodes.filter { !$0.spare }.map(\.id)],
+                "nodes": nodes,
+                "http": ["host": "127.0.0.1", "port": 8080],
+            ]
+            let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            let path = cluster.dir + "/shardbank.json"
+            try data.write(to: URL(fileURLWithPath: path))
+            return path
+        }
+    }
+
+    struct Down: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop every process of a local cluster and delete its directory.")
+        @OptionGroup var location: DirOption
+        @Flag(help: "Stop the processes but keep the directory (data, logs, cluster.json).") var keepData = false
+
+        func run() async throws {
+            try await reportingErrors {
+                let cluster = try LocalCluster.load(dir: location.dir, logger: makeLogger(.warning))
+                if keepData { cluster.stopAll() } else { cluster.destroy() }
+                let left = cluster.description.processes.filter { cluster.owns($0.pid) }
+                guard left.isEmpty else { throw CLIError("still running: \(left.map { "\($0.name) (pid \($0.pid))" }.joined(separator: ", "))") }
+                print("stopped \(cluster.description.processes.count) processes" + (keepData ? "; kept \(cluster.dir)" : "; removed \(cluster.dir)"))
+            }
+        }
+    }
+
+    struct MemberArguments: ParsableArguments {
+        @OptionGroup var location: DirOption
+        @Argument(help: "A node id (node1…) or an etcd member name (etcd1…).") var member: String
+    }
+
+    struct Kill: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "kill -9 a member (a crash).")
+        @OptionGroup var arguments: MemberArguments
+        func run() async throws {
+            try await reportingErrors {
+                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).kill(arguments.member)
+                print("killed \(arguments.member)")
+            }
+        }
+    }
+
+    struct Stop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "SIGSTOP a member: it hangs with its sockets open (resume with cont).")
+        @OptionGroup var arguments: MemberArguments
+        func run() async throws {
+            try await reportingErrors {
+                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).pause(arguments.member)
+                print("stopped (SIGSTOP) \(arguments.member)")
+            }
+        }
+    }
+
+    struct Cont: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "SIGCONT a stopped member.")
+        @OptionGroup var arguments: MemberArguments
+        func run() async throws {
+            try await reportingErrors {
+                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).resume(arguments.member)
+                print("continued \(arguments.member)")
+            }
+        }
+    }
+
+    struct Restart: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop a member gracefully if it runs, start it again with its data, wait until it answers.")
+        @OptionGroup var arguments: MemberArguments
+        func run() async throws {
+            try await reportingErrors {
+                var cluster = try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning))
+                try await cluster.restart(arguments.member)
+                print("restarted \(arguments.member) (pid \(try cluster.pid(of: arguments.member)))")
+            }
+        }
+    }
+}

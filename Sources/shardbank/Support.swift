@@ -1,0 +1,73 @@
+import ArgumentParser
+import Etcd
+import Foundation
+import Logging
+import ShardBankConfig
+
+/// Options shared by every command that talks to a cluster.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The configuration file (JSON).", valueName: "file"))
+    var config: String?
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical (overrides logging.level).", valueName: "level"))
+    var logLevel: String?
+
+    func load() async throws -> ShardBankConfiguration {
+        var configuration = try await ShardBankConfiguration.load(file: config)
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw CLIError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            configuration.logLevel = level
+        }
+        return configuration
+    }
+}
+
+/// A message for the operator; printed as `error: …`, exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The process's logger: stderr, the configured level. Only the executable bootstraps logging.
+func makeLogger(_ level: Logger.Level, label: String = "shardbank") -> Logger {
+    var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+    logger.logLevel = level
+    return logger
+}
+
+/// Runs `body`; prints any error as one clear line and exits non-zero.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as any ValidationErrorLike {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+/// Errors ArgumentParser formats itself (usage errors).
+protocol ValidationErrorLike: Error {}
+extension ValidationError: ValidationErrorLike {}
+
+/// An etcd client for a configuration; shut it down after use.
+func withEtcd<T>(_ configuration: ShardBankConfiguration, logger: Logger, _ body: (EtcdClient) async throws -> T) async throws -> T {
+    let client = EtcdClient(configuration: configuration.etcd, logger: logger)
+    do {
+        let result = try await body(client)
+        try await client.shutdown()
+        return result
+    } catch {
+        try? await client.shutdown()
+        throw error
+    }
+}
+
+func progressPrinter(_ quiet: Bool = false) -> @Sendable (String) -> Void {
+    { message in if !quiet { FileHandle.standardError.write(Data("  \(message)\n".utf8)) } }
+}
