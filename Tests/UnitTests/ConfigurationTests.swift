@@ -1,0 +1,73 @@
+import Foundation
+import MariaDB
+import ShardBankConfig
+import Testing
+
+@Suite("Configuration file and environment overrides")
+struct ConfigurationTests {
+    func write(_ text: String) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.path + "/shardbank-config-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try "s3cret\n".write(toFile: dir + "/pw", atomically: true, encoding: .utf8)
+        let path = dir + "/shardbank.json"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test("the example file in the repository loads")
+    func example() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let configuration = try await ShardBankConfiguration.load(file: root.path + "/config/shardbank.example.json", environment: [:])
+        #expect(configuration.nodes.map(\.id) == ["node1", "node2", "node3"])
+        #expect(configuration.etcd.endpoints.count == 3)
+    }
+
+    @Test("file values, secrets from files relative to the file, and environment overrides")
+    func layering() async throws {
+        let path = try write("""
+            {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "request_timeout_ms": 1500},
+             "mysql": {"user": "bank", "password_file": "pw"},
+             "cluster": {"nodes": ["n1"]}, "nodes": {"n1": {"host": "10.0.0.1", "port": 3307}}}
+            """)
+        let c = try await ShardBankConfiguration.load(file: path, environment: [
+            "SHARDBANK_ETCD_ENDPOINTS": "http://a:1,http://b:2", "SHARDBANK_NODES_N1_PORT": "3308",
+        ])
+        #expect(c.etcd.endpoints == ["http://a:1", "http://b:2"])
+        #expect(c.etcd.requestTimeout == .milliseconds(1500))
+        #expect(c.mysql.password == "s3cret")
+        #expect(c.nodes.first?.port == 3308)
+        #expect(c.mariaDB(node: "n1", host: "h", port: 1, database: "d").password == "s3cret")
+    }
+
+    @Test("malformed files name the field", arguments: [
+        (#"{"etcd": {"endpoints": "http://x:1"}}"#, "etcd.endpoints"),
+        (#"{"etcd": {"endpointz": ["http://x:1"]}}"#, "etcd.endpointz"),
+        (#"{"mysql": {"pool": {"max_connections": "many"}}}"#, "mysql.pool.max_connections"),
+        (#"{"mysql": {"pool": {"max_connections": 0}}}"#, "mysql.pool.max_connections"),
+        (#"{"mysql": {"tls_mode": "sometimes"}}"#, "mysql.tls_mode"),
+        (#"{"cluster": {"nodes": ["n1"]}}"#, "nodes.n1.host"),
+        (#"{"etcd": {"endpoints": ["localhost"]}}"#, "etcd.endpoints"),
+        (#"{"mysql": {"password_file": "missing-file"}}"#, "mysql.password_file"),
+    ])
+    func malformed(text: String, field: String) async throws {
+        let path = try write(text)
+        do {
+            _ = try await ShardBankConfiguration.load(file: path, environment: [:])
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.field == field)
+            #expect(error.description.contains(field))
+        }
+    }
+
+    @Test("a file that is not JSON is refused with the file named")
+    func notJSON() async throws {
+        let path = try write("{\"etcd\": ")
+        do {
+            _ = try await ShardBankConfiguration.load(file: path, environment: [:])
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description.contains(path))
+        }
+    }
+}
