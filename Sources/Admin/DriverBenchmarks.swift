@@ -15,7 +15,9 @@ public enum DriverBenchmarks {
             throw AdminError("table sbtest1 is missing in \(configuration.database ?? "the database"): run `sysbench oltp_point_select … prepare` first (bench/point-select.sh does)")
         }
         let pool = opened
-        let summary = await LoadRunner.run(clients: connections, duration: duration, progress: progress) { client in
+        // Each client runs on its connection's thread, so driver calls run inline (see MariaDBConnection.executor).
+        let summary = await LoadRunner.run(clients: connections, duration: duration, progress: progress,
+                                           executor: { pool[$0].executor }) { client in
             let id = Int64.random(in: 1...Int64(tableSize))
             let rows = try await pool[client].execute("SELECT c FROM sbtest1 WHERE id=?", [.int(id)]).rows
             guard rows.count == 1 else { throw AdminError("row \(id) missing") }

@@ -20,6 +20,7 @@ public struct LatencySummary: Sendable, Codable {
 public enum LoadRunner {
     public static func run(
         clients: Int, duration: Duration, progress: (@Sendable (String) -> Void)? = nil,
+        executor: @escaping @Sendable (_ client: Int) -> (any TaskExecutor)? = { _ in nil },
         operation: @escaping @Sendable (_ client: Int) async throws -> Void,
         errorCode: @escaping @Sendable (any Error) -> String = { String(describing: type(of: $0)) }
     ) async -> LatencySummary {
@@ -29,7 +30,7 @@ public enum LoadRunner {
         struct Partial: Sendable { var histogram: Histogram<UInt64>; var errors: [String: UInt64] }
         let merged = await withTaskGroup(of: Partial.self) { group in
             for client in 0..<clients {
-                group.addTask {
+                group.addTask(executorPreference: executor(client)) {
                     var h = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
                     var errors: [String: UInt64] = [:]
                     while clock.now < end {

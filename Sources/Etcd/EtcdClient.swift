@@ -300,3 +300,18 @@ extension EtcdClient {
         let _: WireEmpty = try await unary("/v3/kv/compaction", Request(revision: WireInt64(revision), physical: true), mutation: false)
     }
 }
+
+extension EtcdClient {
+    /// Runs `body` with a new client that is shut down afterwards, whether `body` returns or throws.
+    public static func with<T>(configuration: EtcdConfiguration, logger: Logger, _ body: (EtcdClient) async throws -> T) async throws -> T {
+        let client = EtcdClient(configuration: configuration, logger: logger)
+        do {
+            let result = try await body(client)
+            try await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+}

@@ -1,14 +1,16 @@
-import NIOPosix
 import Synchronization
 
 /// One connection to a MariaDB server, with an async API.
 ///
-/// Connector/C blocks; every call runs on `threadPool`, never on Swift's cooperative pool. A
-/// connection serves one caller at a time: a second concurrent call fails with `.misuse` rather than
-/// corrupting the protocol. Use a ``MariaDBPool`` to share connections.
+/// Connector/C blocks; every call runs on the connection's own thread, never on Swift's cooperative
+/// pool. A connection serves one caller at a time: a second concurrent call fails with `.misuse`
+/// rather than corrupting the protocol. Use a ``MariaDBPool`` to share connections.
+///
+/// For the fewest thread switches, run a unit of work (a transaction) with the connection's
+/// ``executor`` preferred: `try await withTaskExecutorPreference(connection.executor) { … }`.
 public final class MariaDBConnection: Sendable {
     public let configuration: MariaDBConfiguration
-    private let threadPool: NIOThreadPool
+    private let thread: ConnectionThread
     private let handle: ConnectionHandle
     private let state = Mutex(State())
 
@@ -18,24 +20,38 @@ public final class MariaDBConnection: Sendable {
         var closed = false
     }
 
-    private init(configuration: MariaDBConfiguration, threadPool: NIOThreadPool, handle: ConnectionHandle) {
+    private init(configuration: MariaDBConfiguration, thread: ConnectionThread, handle: ConnectionHandle) {
         self.configuration = configuration
-        self.threadPool = threadPool
+        self.thread = thread
         self.handle = handle
     }
 
-    /// Opens a connection. Fails within the configured connect timeout when the server is unreachable.
-    public static func connect(configuration: MariaDBConfiguration, threadPool: NIOThreadPool = .singleton) async throws(MariaDBError) -> MariaDBConnection {
-        let handle: ConnectionHandle
-        do {
-            handle = try await threadPool.runIfActive { try ConnectionHandle.connect(configuration) }
-        } catch let error as MariaDBError {
-            throw error
-        } catch {
-            throw MariaDBError(code: .connectionFailed, server: configuration.endpointDescription, message: "the driver's thread pool is not running", underlying: error)
-        }
-        return MariaDBConnection(configuration: configuration, threadPool: threadPool, handle: handle)
+    deinit {
+        let handle = self.handle
+        thread.submit { handle.close() }
+        thread.stop()
     }
+
+    /// Opens a connection. Fails within the configured connect timeout when the server is unreachable.
+    public static func connect(configuration: MariaDBConfiguration) async throws(MariaDBError) -> MariaDBConnection {
+        let thread = ConnectionThread(name: "mariadb \(configuration.label)")
+        let result: Result<ConnectionHandle, MariaDBError> = await withCheckedContinuation { continuation in
+            thread.submit {
+                do throws(MariaDBError) { continuation.resume(returning: .success(try ConnectionHandle.connect(configuration))) }
+                catch { continuation.resume(returning: .failure(error)) }
+            }
+        }
+        switch result {
+        case .success(let handle):
+            return MariaDBConnection(configuration: configuration, thread: thread, handle: handle)
+        case .failure(let error):
+            thread.stop()
+            throw error
+        }
+    }
+
+    /// The connection's thread as a task executor: work that prefers it runs driver calls inline.
+    public var executor: any TaskExecutor { thread }
 
     /// Whether a connection-level error was seen; a broken connection must be discarded.
     public var isBroken: Bool { state.withLock { $0.broken || $0.closed } }
@@ -52,15 +68,25 @@ public final class MariaDBConnection: Sendable {
             throw MariaDBError(code: .misuse, server: server, message: "the connection is closed or already in use by another caller")
         }
         defer { state.withLock { $0.busy = false } }
-        do {
+        let result: Result<T, MariaDBError>
+        if thread.isCurrent {
+            // The caller prefers this connection's executor: run inline, no hop.
+            do throws(MariaDBError) { result = .success(try body(handle)) } catch { result = .failure(error) }
+        } else {
             let handle = self.handle
-            return try await threadPool.runIfActive { try body(handle) }
-        } catch let error as MariaDBError {
+            result = await withCheckedContinuation { continuation in
+                thread.submit {
+                    do throws(MariaDBError) { continuation.resume(returning: .success(try body(handle))) }
+                    catch { continuation.resume(returning: .failure(error)) }
+                }
+            }
+        }
+        switch result {
+        case .success(let value):
+            return value
+        case .failure(let error):
             if error.isConnectionBroken { state.withLock { $0.broken = true } }
             throw error
-        } catch {
-            state.withLock { $0.broken = true }
-            throw MariaDBError(code: .connectionLost, server: server, message: "the driver's thread pool is not running", underlying: error)
         }
     }
 
@@ -143,16 +169,17 @@ public final class MariaDBConnection: Sendable {
         return xids
     }
 
-    /// Closes now, blocking the calling thread; for callers already on the thread pool.
-    func closeBlocking() {
+    /// Closes without waiting: COM_QUIT is sent on the connection's thread.
+    func closeInBackground() {
         let alreadyClosed = state.withLock { s -> Bool in
             defer { s.closed = true }
             return s.closed || s.busy
         }
-        if !alreadyClosed { handle.close() }
+        let handle = self.handle
+        if !alreadyClosed { thread.submit { handle.close() } }
     }
 
-    /// Closes the connection (sends COM_QUIT on the thread pool).
+    /// Closes the connection (sends COM_QUIT on the connection's thread).
     public func close() async {
         let alreadyClosed = state.withLock { s -> Bool in
             defer { s.closed = true }
@@ -160,6 +187,15 @@ public final class MariaDBConnection: Sendable {
         }
         guard !alreadyClosed else { return }
         let handle = self.handle
-        _ = try? await threadPool.runIfActive { handle.close() }
+        if thread.isCurrent {
+            handle.close()
+            return
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            thread.submit {
+                handle.close()
+                continuation.resume()
+            }
+        }
     }
 }

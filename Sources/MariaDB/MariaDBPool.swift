@@ -50,16 +50,14 @@ public final class MariaDBPool: Sendable {
 
     public let configuration: MariaDBConfiguration
     public let options: Options
-    private let threadPool: NIOThreadPool
     private let eventLoop: any EventLoop
     private let logger: Logger
     private let state: Mutex<State>
 
-    public init(configuration: MariaDBConfiguration, options: Options = Options(), threadPool: NIOThreadPool = .singleton,
+    public init(configuration: MariaDBConfiguration, options: Options = Options(),
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.configuration = configuration
         self.options = options
-        self.threadPool = threadPool
         self.eventLoop = eventLoopGroup.next()
         self.logger = logger
         let validate = UInt64(options.validateAfter.components.seconds) * 1_000_000_000
@@ -124,7 +122,7 @@ public final class MariaDBPool: Sendable {
 
     private func openLeased() async throws(MariaDBError) -> MariaDBConnection {
         do {
-            let connection = try await MariaDBConnection.connect(configuration: configuration, threadPool: threadPool)
+            let connection = try await MariaDBConnection.connect(configuration: configuration)
             state.withLock { s in
                 s.machine.opened()
                 s.connections[ObjectIdentifier(connection)] = connection
@@ -207,8 +205,8 @@ public final class MariaDBPool: Sendable {
     }
 
     private func closeInBackground(_ connection: MariaDBConnection) {
-        // Closing sends COM_QUIT, which may block on a dead socket: do it on the thread pool, not here.
-        threadPool.submit { _ in connection.closeBlocking() }
+        // Closing sends COM_QUIT, which may block on a dead socket: the connection's thread does it.
+        connection.closeInBackground()
     }
 
     /// Closes idle connections, fails waiters; leased connections close when they are released.

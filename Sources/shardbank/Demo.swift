@@ -109,39 +109,32 @@ struct Demo: AsyncParsableCommand {
     struct MemberArguments: ParsableArguments {
         @OptionGroup var location: DirOption
         @Argument(help: "A node id (node1…) or an etcd member name (etcd1…).") var member: String
+
+        /// Loads the cluster, applies `action` to the member, reports `done`.
+        func signal(done: String, _ action: (LocalCluster, String) throws -> Void) async throws {
+            try await reportingErrors {
+                try action(try LocalCluster.load(dir: location.dir, logger: makeLogger(.warning)), member)
+                print("\(done) \(member)")
+            }
+        }
     }
 
     struct Kill: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "kill -9 a member (a crash).")
         @OptionGroup var arguments: MemberArguments
-        func run() async throws {
-            try await reportingErrors {
-                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).kill(arguments.member)
-                print("killed \(arguments.member)")
-            }
-        }
+        func run() async throws { try await arguments.signal(done: "killed") { try $0.kill($1) } }
     }
 
     struct Stop: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "SIGSTOP a member: it hangs with its sockets open (resume with cont).")
         @OptionGroup var arguments: MemberArguments
-        func run() async throws {
-            try await reportingErrors {
-                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).pause(arguments.member)
-                print("stopped (SIGSTOP) \(arguments.member)")
-            }
-        }
+        func run() async throws { try await arguments.signal(done: "stopped (SIGSTOP)") { try $0.pause($1) } }
     }
 
     struct Cont: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "SIGCONT a stopped member.")
         @OptionGroup var arguments: MemberArguments
-        func run() async throws {
-            try await reportingErrors {
-                try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning)).resume(arguments.member)
-                print("continued \(arguments.member)")
-            }
-        }
+        func run() async throws { try await arguments.signal(done: "continued") { try $0.resume($1) } }
     }
 
     struct Restart: AsyncParsableCommand {

@@ -55,17 +55,9 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
 protocol ValidationErrorLike: Error {}
 extension ValidationError: ValidationErrorLike {}
 
-/// An etcd client for a configuration; shut it down after use.
+/// An etcd client for a configuration, shut down after `body`.
 func withEtcd<T>(_ configuration: ShardBankConfiguration, logger: Logger, _ body: (EtcdClient) async throws -> T) async throws -> T {
-    let client = EtcdClient(configuration: configuration.etcd, logger: logger)
-    do {
-        let result = try await body(client)
-        try await client.shutdown()
-        return result
-    } catch {
-        try? await client.shutdown()
-        throw error
-    }
+    try await EtcdClient.with(configuration: configuration.etcd, logger: logger, body)
 }
 
 func progressPrinter(_ quiet: Bool = false) -> @Sendable (String) -> Void {

@@ -199,3 +199,42 @@ func enableAuth(endpoint: String, rootPassword: String, dir: String) throws {
         guard status == 0 else { throw LocalClusterError("etcdctl \(args[0]) \(args[1]) failed; see \(log)") }
     }
 }
+
+import ServiceLifecycle
+import Synchronization
+
+@Suite("etcd lease keep-alive service", .serialized)
+struct LeaseKeepAliveTests {
+    @Test("keeps a 2 s lease alive past its TTL, re-grants after a loss, revokes on graceful shutdown")
+    func keepAlive() async throws {
+        try await withCluster(nodes: 0, etcd: 1) { cluster in
+            try await withEtcd(cluster) { etcd in
+                let granted = Mutex<[Int64]>([])
+                let lost = Mutex<[Int64]>([])
+                let service = LeaseKeepAlive(client: etcd, ttl: 2, interval: .milliseconds(500), logger: testLogger,
+                    onGranted: { lease in
+                        granted.withLock { $0.append(lease.id) }
+                        try await etcd.put("/hb/node1", "alive", lease: lease.id)
+                    },
+                    onLost: { lease in lost.withLock { $0.append(lease.id) } })
+                let group = ServiceGroup(configuration: .init(services: [service], logger: testLogger))
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
+                    tasks.addTask { try await group.run() }
+                    try await Task.sleep(for: .seconds(4)) // twice the TTL
+                    #expect(try await etcd.get("/hb/node1") != nil)
+                    let first = try #require(granted.withLock { $0.first })
+                    // Lose the lease behind the service's back (as an expiry during an outage would).
+                    try await etcd.revokeLease(first)
+                    #expect(try await etcd.get("/hb/node1") == nil)
+                    try await Task.sleep(for: .seconds(2))
+                    #expect(lost.withLock { $0 } == [first])
+                    #expect(granted.withLock { $0.count } == 2)
+                    #expect(try await etcd.get("/hb/node1") != nil) // re-registered under the new lease
+                    await group.triggerGracefulShutdown()
+                    try await tasks.waitForAll()
+                }
+                #expect(try await etcd.get("/hb/node1") == nil) // revoked at shutdown, not left to expire
+            }
+        }
+    }
+}

@@ -76,6 +76,12 @@ struct MariaDBDriverTests {
                 }
             }
             #expect(try await c.query("SELECT id FROM t").rows.map { try $0.int64("id") } == [1])
+            // The same on the connection's own executor: calls run inline on its thread.
+            let ids = try await withTaskExecutorPreference(c.executor) {
+                _ = try await c.transaction { c in try await c.execute("INSERT INTO t VALUES (3)") }
+                return try await c.query("SELECT id FROM t ORDER BY id").rows.map { try $0.int64("id") }
+            }
+            #expect(ids == [1, 3])
             await c.close()
         }
     }

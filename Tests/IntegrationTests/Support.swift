@@ -53,14 +53,6 @@ func connect(_ cluster: LocalCluster, _ node: String = "node1") async throws -> 
 /// Runs `body` with an etcd client that is shut down afterwards, whatever happens.
 func withEtcd<T>(_ cluster: LocalCluster, username: String? = nil, password: String? = nil, requestTimeout: Duration = .seconds(2),
                  _ body: (EtcdClient) async throws -> T) async throws -> T {
-    let client = EtcdClient(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, username: username, password: password,
-                                                             requestTimeout: requestTimeout), logger: testLogger)
-    do {
-        let result = try await body(client)
-        try await client.shutdown()
-        return result
-    } catch {
-        try? await client.shutdown()
-        throw error
-    }
+    try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, username: username, password: password,
+                                                               requestTimeout: requestTimeout), logger: testLogger, body)
 }
