@@ -15,10 +15,12 @@ public enum DriverBenchmarks {
             throw AdminError("table sbtest1 is missing in \(configuration.database ?? "the database"): run `sysbench oltp_point_select … prepare` first (bench/point-select.sh does)")
         }
         let pool = opened
+        // One cheap generator per client: the system generator costs a getrandom(2) call per id.
+        let generators = (0..<connections).map { SplitMix(seed: UInt64($0) &+ 0x5EED) }
         // Each client runs on its connection's thread, so driver calls run inline (see MariaDBConnection.executor).
         let summary = await LoadRunner.run(clients: connections, duration: duration, progress: progress,
                                            executor: { pool[$0].executor }) { client in
-            let id = Int64.random(in: 1...Int64(tableSize))
+            let id = Int64(generators[client].next() % UInt64(tableSize)) + 1
             let rows = try await pool[client].execute("SELECT c FROM sbtest1 WHERE id=?", [.int(id)]).rows
             guard rows.count == 1 else { throw AdminError("row \(id) missing") }
         } errorCode: { ($0 as? MariaDBError)?.code.rawValue ?? "\($0)" }
@@ -41,5 +43,19 @@ public enum DriverBenchmarks {
         } errorCode: { ($0 as? EtcdError)?.code.rawValue ?? "\($0)" }
         try await client.delete(.prefix("/shardbank-bench/"))
         return summary
+    }
+}
+
+/// SplitMix64 as a tiny per-client random source for load generators (not for anything secret).
+/// `@unchecked Sendable`: each instance is used by exactly one client task.
+final class SplitMix: @unchecked Sendable {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

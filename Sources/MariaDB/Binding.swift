@@ -79,16 +79,13 @@ private func parseDateTime(_ text: String) -> SQLDateTime? {
     return SQLDateTime(date: date, hour: h, minute: mi, second: s, microsecond: micros)
 }
 
-/// Memory that MYSQL_BIND structures point into, freed after the statement ran.
+/// Memory that parameter binds point into, freed after the statement ran.
 struct BindStorage {
     private var allocations: [UnsafeMutableRawPointer] = []
-    /// Per result column: the buffer, its length word and its null flag.
-    private var resultSlots: [(buffer: UnsafeMutableRawPointer, length: UnsafeMutablePointer<UInt>, isNull: UnsafeMutablePointer<my_bool>)] = []
 
     mutating func release() {
         for p in allocations { p.deallocate() }
         allocations.removeAll()
-        resultSlots.removeAll()
     }
 
     private mutating func allocate(_ size: Int) -> UnsafeMutableRawPointer {
@@ -159,62 +156,6 @@ struct BindStorage {
             t.second_part = UInt(d.microsecond)
             t.time_type = MYSQL_TIMESTAMP_DATETIME
             time(t, into: &bind, type: MYSQL_TYPE_DATETIME)
-        }
-    }
-
-    mutating func bindResult(_ bind: inout MYSQL_BIND, kind: ColumnKind, field: MYSQL_FIELD) {
-        let size: Int
-        switch kind {
-        case .signed, .unsigned:
-            size = 8
-            bind.buffer_type = MYSQL_TYPE_LONGLONG
-            bind.is_unsigned = kind == .unsigned ? 1 : 0
-        case .floating:
-            size = 8
-            bind.buffer_type = MYSQL_TYPE_DOUBLE
-        case .date, .dateTime:
-            size = MemoryLayout<MYSQL_TIME>.size
-            bind.buffer_type = field.type
-        case .decimal, .text, .other:
-            size = Int(field.max_length) + 1
-            bind.buffer_type = MYSQL_TYPE_STRING
-        case .binary:
-            size = Int(field.max_length) + 1
-            bind.buffer_type = MYSQL_TYPE_BLOB
-        }
-        let buffer = allocate(size)
-        let length = allocate(MemoryLayout<UInt>.size).bindMemory(to: UInt.self, capacity: 1)
-        let isNull = allocate(MemoryLayout<my_bool>.size).bindMemory(to: my_bool.self, capacity: 1)
-        bind.buffer = buffer
-        bind.buffer_length = UInt(size)
-        bind.length = length
-        bind.is_null = isNull
-        resultSlots.append((buffer, length, isNull))
-    }
-
-    func decodeResult(_ index: Int, kind: ColumnKind, column: String, server: String) throws(MariaDBError) -> MariaDBValue {
-        let slot = resultSlots[index]
-        if slot.isNull.pointee != 0 { return .null }
-        switch kind {
-        case .signed:
-            return .int(slot.buffer.load(as: Int64.self))
-        case .unsigned:
-            let v = slot.buffer.load(as: UInt64.self)
-            return Int64(exactly: v).map(MariaDBValue.int) ?? .uint(v)
-        case .floating:
-            return .double(slot.buffer.load(as: Double.self))
-        case .date:
-            let t = slot.buffer.load(as: MYSQL_TIME.self)
-            return .date(SQLDate(year: Int(t.year), month: Int(t.month), day: Int(t.day)))
-        case .dateTime:
-            let t = slot.buffer.load(as: MYSQL_TIME.self)
-            return .dateTime(SQLDateTime(date: SQLDate(year: Int(t.year), month: Int(t.month), day: Int(t.day)),
-                                         hour: Int(t.hour), minute: Int(t.minute), second: Int(t.second), microsecond: Int(t.second_part)))
-        case .decimal, .text, .binary, .other:
-            let bytes = UnsafeRawBufferPointer(start: slot.buffer, count: Int(slot.length.pointee))
-            do { return try kind.decodeText(bytes) } catch {
-                throw MariaDBError(code: .decoding, server: server, message: "column \(column): \(error.message)")
-            }
         }
     }
 }

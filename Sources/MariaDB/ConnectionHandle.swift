@@ -11,7 +11,7 @@ private let libraryInitResult: Int32 = shardbank_mysql_library_init()
 final class ConnectionHandle: @unchecked Sendable {
     let mysql: UnsafeMutablePointer<MYSQL>
     let server: String
-    private var statements: [String: UnsafeMutablePointer<MYSQL_STMT>] = [:]
+    private var statements: [String: PreparedStatement] = [:]
     private var closed = false
 
     private init(mysql: UnsafeMutablePointer<MYSQL>, server: String) {
@@ -73,8 +73,7 @@ final class ConnectionHandle: @unchecked Sendable {
     func close() {
         guard !closed else { return }
         closed = true
-        for stmt in statements.values { mysql_stmt_close(stmt) }
-        statements.removeAll()
+        statements.removeAll() // closes each statement
         mysql_close(mysql)
     }
 
@@ -135,8 +134,8 @@ final class ConnectionHandle: @unchecked Sendable {
 
     // MARK: prepared statements
 
-    private func statement(for sql: String) throws(MariaDBError) -> UnsafeMutablePointer<MYSQL_STMT> {
-        if let stmt = statements[sql] { return stmt }
+    private func statement(for sql: String) throws(MariaDBError) -> PreparedStatement {
+        if let statement = statements[sql] { return statement }
         guard let stmt = mysql_stmt_init(mysql) else { throw connectionError() }
         let rc = sql.withCString { mysql_stmt_prepare(stmt, $0, UInt(sql.utf8.count)) }
         guard rc == 0 else {
@@ -144,53 +143,40 @@ final class ConnectionHandle: @unchecked Sendable {
             mysql_stmt_close(stmt)
             throw error
         }
-        statements[sql] = stmt
-        return stmt
+        let statement = PreparedStatement(stmt: stmt)
+        statements[sql] = statement
+        return statement
     }
 
     /// Prepares (once per connection) and executes `sql` with `parameters` bound by position.
     func execute(_ sql: String, _ parameters: [MariaDBValue]) throws(MariaDBError) -> MariaDBResult {
-        let stmt = try statement(for: sql)
-        let expected = Int(mysql_stmt_param_count(stmt))
-        guard expected == parameters.count else {
-            throw MariaDBError(code: .encoding, server: server, message: "the statement takes \(expected) parameters but \(parameters.count) were given")
+        let statement = try statement(for: sql)
+        let stmt = statement.stmt
+        guard statement.parameterCount == parameters.count else {
+            throw MariaDBError(code: .encoding, server: server, message: "the statement takes \(statement.parameterCount) parameters but \(parameters.count) were given")
         }
         var storage = BindStorage()
         defer { storage.release() }
-        if expected > 0 {
-            var binds = [MYSQL_BIND](repeating: MYSQL_BIND(), count: expected)
+        if statement.parameterCount > 0 {
             for (i, value) in parameters.enumerated() {
-                do { try storage.bindParameter(&binds[i], value) } catch {
+                statement.parameters[i] = MYSQL_BIND()
+                do { try storage.bindParameter(&statement.parameters[i], value) } catch {
                     throw MariaDBError(code: .encoding, server: server, message: "parameter \(i + 1): \(error.message)")
                 }
             }
-            // mysql_stmt_bind_param copies the array; the buffers it points to live in `storage`.
-            let rc = binds.withUnsafeMutableBufferPointer { mysql_stmt_bind_param(stmt, $0.baseAddress) }
+            // mysql_stmt_bind_param copies the binds; the buffers they point to live in `storage`.
+            let rc = statement.parameters.withUnsafeMutableBufferPointer { mysql_stmt_bind_param(stmt, $0.baseAddress) }
             guard rc == 0 else { throw statementError(stmt) }
         }
         guard mysql_stmt_execute(stmt) == 0 else { throw statementError(stmt) }
-        guard let meta = mysql_stmt_result_metadata(stmt) else {
+        guard mysql_stmt_field_count(stmt) > 0 else {
             return MariaDBResult(affectedRows: mysql_stmt_affected_rows(stmt), lastInsertID: mysql_stmt_insert_id(stmt))
         }
-        defer { mysql_free_result(meta) }
-        var updateMaxLength: my_bool = 1
-        mysql_stmt_attr_set(stmt, STMT_ATTR_UPDATE_MAX_LENGTH, &updateMaxLength)
         guard mysql_stmt_store_result(stmt) == 0 else { throw statementError(stmt) }
         defer { mysql_stmt_free_result(stmt) }
-
-        let count = Int(mysql_num_fields(meta))
-        let fields = mysql_fetch_fields(meta)!
-        var names: [String] = []
-        var kinds: [ColumnKind] = []
-        var results = [MYSQL_BIND](repeating: MYSQL_BIND(), count: count)
-        for i in 0..<count {
-            names.append(String(cString: fields[i].name))
-            let kind = ColumnKind(fields[i])
-            kinds.append(kind)
-            storage.bindResult(&results[i], kind: kind, field: fields[i])
-        }
-        let rc = results.withUnsafeMutableBufferPointer { mysql_stmt_bind_result(stmt, $0.baseAddress) }
-        guard rc == 0 else { throw statementError(stmt) }
+        guard statement.bindResults() else { throw statementError(stmt) }
+        let columns = statement.columns
+        let count = columns.count
         var rows: [MariaDBRow] = []
         rows.reserveCapacity(Int(mysql_stmt_num_rows(stmt)))
         while true {
@@ -203,11 +189,13 @@ final class ConnectionHandle: @unchecked Sendable {
             var values: [MariaDBValue] = []
             values.reserveCapacity(count)
             for i in 0..<count {
-                values.append(try storage.decodeResult(i, kind: kinds[i], column: names[i], server: server))
+                do { values.append(try statement.value(i)) } catch {
+                    throw MariaDBError(code: .decoding, server: server, message: "column \(columns[i]): \(error.message)")
+                }
             }
-            rows.append(MariaDBRow(columns: names, values: values))
+            rows.append(MariaDBRow(columns: columns, values: values))
         }
-        return MariaDBResult(columns: names, rows: rows, affectedRows: mysql_stmt_affected_rows(stmt), lastInsertID: 0)
+        return MariaDBResult(columns: columns, rows: rows, affectedRows: mysql_stmt_affected_rows(stmt), lastInsertID: 0)
     }
 
     private func decodeText(_ bytes: UnsafeRawBufferPointer, kind: ColumnKind, column: String) throws(MariaDBError) -> MariaDBValue {

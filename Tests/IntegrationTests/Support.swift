@@ -51,6 +51,7 @@ func connect(_ cluster: LocalCluster, _ node: String = "node1") async throws -> 
 }
 
 /// Runs `body` with an etcd client that is shut down afterwards, whatever happens.
+@discardableResult
 func withEtcd<T>(_ cluster: LocalCluster, username: String? = nil, password: String? = nil, requestTimeout: Duration = .seconds(2),
                  _ body: (EtcdClient) async throws -> T) async throws -> T {
     try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, username: username, password: password,
