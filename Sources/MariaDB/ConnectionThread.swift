@@ -33,7 +33,7 @@ final class ConnectionThread: TaskExecutor, @unchecked Sendable {
         let box = Unmanaged.passRetained(self)
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
-        pthread_attr_setstacksize(&attributes, 512 * 1024)
+        pthread_attr_setstacksize(&attributes, 2 << 20) // async code may run here too (executor preference)
         let rc = pthread_create(&thread, &attributes, { raw in
             let me = Unmanaged<ConnectionThread>.fromOpaque(raw!).takeRetainedValue()
             me.loop()
