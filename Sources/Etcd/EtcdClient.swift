@@ -148,8 +148,20 @@ public final class EtcdClient: Sendable {
         }
         var reauthenticated = false
         var lastError: EtcdError?
+        let clock = ContinuousClock()
+        let start = clock.now
         var attempts = 0
-        while attempts < configuration.endpoints.count {
+        // A member that answers "unavailable" (no leader: an election is under way) is alive, so the
+        // call goes round the members again until `leaderElectionWait` runs out. Members that
+        // refuse connections or time out get one try each: an unreachable etcd fails fast.
+        var sawLiveMember = false
+        while true {
+            if attempts >= configuration.endpoints.count {
+                guard sawLiveMember, clock.now - start < configuration.leaderElectionWait else { break }
+                try? await Task.sleep(for: .milliseconds(100))
+                attempts = 0
+                sawLiveMember = false
+            }
             attempts += 1
             if state.withLock({ $0.isShutDown }) { throw EtcdError(code: .shutDown, message: "the etcd client is shut down") }
             let index = currentEndpointIndex()
@@ -187,6 +199,7 @@ public final class EtcdClient: Sendable {
                 continue
             case 14:
                 endpointFailed(index)
+                sawLiveMember = true
                 if mutation && !error.message.contains("no leader") {
                     throw EtcdError(code: .outcomeUnknown, message: "etcd at \(endpoint) answered \"\(error.message)\" to \(path); the change may or may not have been applied",
                                     endpoint: endpoint, grpcCode: 14)

@@ -15,10 +15,14 @@ public struct EtcdConfiguration: Sendable {
     /// How often a watch checks that its member still answers (a SIGSTOPped member keeps its TCP
     /// connection open and silent).
     public var watchHealthInterval: Duration
+    /// How long a call keeps trying while live members report no leader (an election after the
+    /// leader died takes one to a few election timeouts).
+    public var leaderElectionWait: Duration
 
     public init(endpoints: [String], username: String? = nil, password: String? = nil,
                 connectTimeout: Duration = .seconds(1), requestTimeout: Duration = .seconds(2),
-                quarantine: Duration = .seconds(3), watchHealthInterval: Duration = .seconds(1)) {
+                quarantine: Duration = .seconds(3), watchHealthInterval: Duration = .seconds(1),
+                leaderElectionWait: Duration = .seconds(5)) {
         self.endpoints = endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.username = username
         self.password = password
@@ -26,6 +30,7 @@ public struct EtcdConfiguration: Sendable {
         self.requestTimeout = requestTimeout
         self.quarantine = quarantine
         self.watchHealthInterval = watchHealthInterval
+        self.leaderElectionWait = leaderElectionWait
     }
 }
 

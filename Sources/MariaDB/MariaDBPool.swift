@@ -45,6 +45,8 @@ public final class MariaDBPool: Sendable {
         var machine: PoolStateMachine<ObjectIdentifier>
         var connections: [ObjectIdentifier: MariaDBConnection] = [:]
         var waiters: [Int: (continuation: CheckedContinuation<Grant, any Error>, timeout: Scheduled<Void>?)] = [:]
+        /// Grants (or failures) that arrived for a waiter before its continuation was registered.
+        var early: [Int: Result<Grant, MariaDBError>] = [:]
         var nextWaiter = 0
     }
 
@@ -145,14 +147,15 @@ public final class MariaDBPool: Sendable {
                         self.abandon(waiter, error: MariaDBError(code: .poolTimeout, server: server,
                             message: "no connection to \(server) became free within \(timeout); the pool's \(options.maxConnections) connections are all in use"))
                     }
-                    let stillWaiting = state.withLock { s -> Bool in
-                        guard s.machine.waiters.contains(waiter) else { return false }
+                    // A grant or a failure may have come between `acquire` and this registration.
+                    let early: Result<Grant, MariaDBError>? = state.withLock { s in
+                        if let early = s.early.removeValue(forKey: waiter) { return early }
                         s.waiters[waiter] = (continuation, scheduled)
-                        return true
+                        return nil
                     }
-                    if !stillWaiting {
+                    if let early {
                         scheduled.cancel()
-                        continuation.resume(throwing: MariaDBError(code: .poolClosed, server: server, message: "the connection pool is shut down"))
+                        continuation.resume(with: early.mapError { $0 as any Error })
                     }
                 }
             } onCancel: {
@@ -168,7 +171,11 @@ public final class MariaDBPool: Sendable {
     private func abandon(_ waiter: Int, error: MariaDBError) {
         let continuation = state.withLock { s -> CheckedContinuation<Grant, any Error>? in
             guard s.machine.abandon(waiter: waiter) else { return nil }
-            return s.waiters.removeValue(forKey: waiter)?.continuation
+            guard let entry = s.waiters.removeValue(forKey: waiter) else {
+                s.early[waiter] = .failure(error)
+                return nil
+            }
+            return entry.continuation
         }
         continuation?.resume(throwing: error)
     }
@@ -179,7 +186,13 @@ public final class MariaDBPool: Sendable {
     }
 
     private func resume(_ waiter: Int, with grant: Grant) {
-        let entry = state.withLock { $0.waiters.removeValue(forKey: waiter) }
+        let entry = state.withLock { s in
+            guard let entry = s.waiters.removeValue(forKey: waiter) else {
+                s.early[waiter] = .success(grant)
+                return nil as (continuation: CheckedContinuation<Grant, any Error>, timeout: Scheduled<Void>?)?
+            }
+            return entry
+        }
         entry?.timeout?.cancel()
         entry?.continuation.resume(returning: grant)
     }
@@ -213,10 +226,17 @@ public final class MariaDBPool: Sendable {
     public func shutdown() async {
         let (ids, waiters) = state.withLock { s in s.machine.shutDown() }
         let toClose = state.withLock { s in ids.compactMap { s.connections.removeValue(forKey: $0) } }
+        let closed = MariaDBError(code: .poolClosed, server: configuration.endpointDescription, message: "the connection pool is shut down")
         for w in waiters {
-            let entry = state.withLock { $0.waiters.removeValue(forKey: w) }
+            let entry = state.withLock { s in
+                guard let entry = s.waiters.removeValue(forKey: w) else {
+                    s.early[w] = .failure(closed)
+                    return nil as (continuation: CheckedContinuation<Grant, any Error>, timeout: Scheduled<Void>?)?
+                }
+                return entry
+            }
             entry?.timeout?.cancel()
-            entry?.continuation.resume(throwing: MariaDBError(code: .poolClosed, server: configuration.endpointDescription, message: "the connection pool is shut down"))
+            entry?.continuation.resume(throwing: closed)
         }
         for c in toClose { await c.close() }
     }

@@ -114,6 +114,27 @@ struct EtcdClientTests {
         }
     }
 
+    @Test("killing the leader: reads and writes wait out the election and go on")
+    func leaderKilled() async throws {
+        try await withCluster(nodes: 0, etcd: 3) { cluster in
+            try await withEtcd(cluster) { etcd in
+                try await etcd.put("/l/a", "1")
+                var leaderName: String?
+                for member in cluster.description.etcd.members {
+                    let status = try await etcd.status(endpoint: member.clientURL)
+                    if status.leader == status.memberID { leaderName = member.name }
+                }
+                let leader = try #require(leaderName)
+                try cluster.kill(leader)
+                let start = ContinuousClock.now
+                #expect(try await etcd.get("/l/a")?.stringValue == "1")
+                try await etcd.put("/l/b", "2")
+                #expect(ContinuousClock.now - start < .seconds(6))
+                try await cluster.restart(leader)
+            }
+        }
+    }
+
     @Test("a mutation whose answer is lost reports outcome unknown instead of being replayed")
     func outcomeUnknown() async throws {
         try await withCluster(nodes: 0, etcd: 3) { cluster in
