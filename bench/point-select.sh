@@ -2,22 +2,17 @@
 # The MariaDB driver against sysbench oltp_point_select on the same node, in the same run, at 1 and
 # 4 connections. Usage: bench/point-select.sh [SECONDS] (default 20). Needs a release build.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="/opt/swift/usr/bin:$PATH"
 duration="${1:-20}"
 table_size="${TABLE_SIZE:-100000}"
-bin="$(swift build -c release --show-bin-path)/shardbank"
-[ -x "$bin" ] || swift build -c release --product shardbank
-dir="$(mktemp -d /tmp/shardbank-bench.XXXXXX)"
-trap '"$bin" demo down --dir "$dir" >/dev/null 2>&1 || true' EXIT
-"$bin" demo up --dir "$dir" --etcd 1 >/dev/null
+source "$(dirname "$0")/common.sh"
+start_cluster --etcd 1
 read -r port password < <(python3 -c "import json; n=json.load(open('$dir/cluster.json'))['nodes'][0]; print(n['port'], n['password'])")
 sb=(sysbench oltp_point_select --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$port" --mysql-user=bank
     --mysql-password="$password" --mysql-db=bank_db --tables=1 --table-size="$table_size" --percentile=99)
 "${sb[@]}" prepare >/dev/null
 "$bin" bench point-select --config "$dir/shardbank.json" --connections 1 --duration 3 --table-size "$table_size" --json >/dev/null # warm-up
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); mariadbd $(mariadbd --version | awk '{print $3}')"
+echo "$(machine); mariadbd $(mariadbd --version | awk '{print $3}')"
 printf '%-12s %14s %14s %8s %12s %12s\n' connections sysbench_qps shardbank_qps ratio sb_p99_ms sbank_p99_us
 for c in 1 4; do
   out=$("${sb[@]}" --threads="$c" --time="$duration" run)

@@ -1,0 +1,12 @@
+# Shared set-up of the benchmark scripts: a release build and a throw-away local cluster.
+# Usage (sourced): start_cluster DEMO-UP-ARGS…  → sets $bin and $dir; the cluster stops on exit.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+bin="$(swift build -c release --show-bin-path)/shardbank"
+[ -x "$bin" ] || swift build -c release --product shardbank
+start_cluster() {
+  dir="$(mktemp -d /tmp/shardbank-bench.XXXXXX)"
+  trap '"$bin" demo down --dir "$dir" >/dev/null 2>&1 || true' EXIT
+  "$bin" demo up --dir "$dir" "$@" >/dev/null 2>&1
+}
+machine() { echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"; }
