@@ -87,6 +87,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The bank: distributed transactions across nodes (two-phase commit, in-doubt resolution).
+        .target(
+            name: "Ledger",
+            dependencies: [
+                "MariaDB", "BankSchema", "Sharding",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Local clusters of real mariadbd and etcd processes, for tests and `demo`.
         .target(
             name: "LocalCluster",
@@ -117,7 +127,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ShardBankConfig",
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
@@ -126,7 +136,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "LocalCluster", "Admin",
-                "ShardBankConfig",
+                "ShardBankConfig", "Ledger",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

@@ -1,0 +1,41 @@
+import MariaDB
+
+/// An error of the ledger, with a stable code that the HTTP layer maps to a status in one place.
+public struct LedgerError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        public let rawValue: String
+        init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The distributed transaction was rolled back everywhere: nothing changed. Safe to retry.
+        public static let aborted = Code("aborted")
+        /// The decision could not be learnt (the commit-point node stopped answering at the commit).
+        /// The in-doubt resolver will finish it; read the transfer later.
+        public static let outcomeUnknown = Code("outcome_unknown")
+        /// A node the operation needs is unknown or unreachable.
+        public static let nodeUnavailable = Code("node_unavailable")
+    }
+
+    public var code: Code
+    public var message: String
+    /// The node involved, if one.
+    public var node: String?
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, node: String? = nil, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.node = node
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        "LedgerError(\(code))" + (node.map { " on \($0)" } ?? "") + ": " + message
+    }
+}
+
+/// Thrown by a test hook to stop a coordinator at a step as if its process had died: it then drops
+/// its connections without rolling anything back, leaving the servers as a crash would.
+public struct CoordinatorCrash: Error, Sendable {
+    public init() {}
+}

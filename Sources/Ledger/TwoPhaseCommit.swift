@@ -1,0 +1,232 @@
+import Logging
+import MariaDB
+
+/// The decision row of a distributed transaction (`transfers`), written on the commit-point node in
+/// the same local transaction as that node's own work: its COMMIT is the decision.
+public struct DecisionRecord: Sendable {
+    public var transferID: String
+    public var kind: String
+    public var fromAccount: Int64?
+    public var toAccount: Int64?
+    public var amountMinorUnits: Int64
+    /// SHA-256 (hex) of the request, to refuse a reused idempotency key with a different body.
+    public var requestHash: String
+    public var participants: [String]
+
+    public init(transferID: String, kind: String, fromAccount: Int64? = nil, toAccount: Int64? = nil,
+                amountMinorUnits: Int64, requestHash: String, participants: [String]) {
+        self.transferID = transferID
+        self.kind = kind
+        self.fromAccount = fromAccount
+        self.toAccount = toAccount
+        self.amountMinorUnits = amountMinorUnits
+        self.requestHash = requestHash
+        self.participants = participants
+    }
+}
+
+/// The state a decision row records.
+public enum DecisionState: String, Sendable {
+    case committed, aborted
+}
+
+/// SQL of the decision rows, shared by the coordinator and the resolver.
+enum DecisionRows {
+    static func insert(_ record: DecisionRecord, state: DecisionState, on c: MariaDBConnection) async throws(MariaDBError) {
+        try await c.execute("""
+            INSERT INTO transfers (transfer_id, kind, state, from_account, to_account, amount, request_hash, participants)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """, [
+                .string(record.transferID), .string(record.kind), .string(state.rawValue),
+                record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
+                .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ",")),
+            ])
+    }
+
+    /// Presumed abort made explicit: the row that stops a late coordinator from committing.
+    static func insertAborted(transferID: String, on c: MariaDBConnection) async throws(MariaDBError) {
+        try await insert(DecisionRecord(transferID: transferID, kind: "unknown", amountMinorUnits: 0, requestHash: "", participants: []),
+                         state: .aborted, on: c)
+    }
+
+    static func state(of transferID: String, on c: MariaDBConnection) async throws -> DecisionState? {
+        let rows = try await c.execute("SELECT state FROM transfers WHERE transfer_id = ?", [.string(transferID)]).rows
+        guard let row = rows.first else { return nil }
+        return DecisionState(rawValue: try row.string("state")) ?? .aborted
+    }
+
+    /// Reads the decision, and where there is none, records an abort (the primary key arbitrates
+    /// against a coordinator that is still running). Returns the decision that stands.
+    static func decideIfAbsent(_ transferID: String, on c: MariaDBConnection) async throws -> DecisionState {
+        if let state = try await state(of: transferID, on: c) { return state }
+        do {
+            try await insertAborted(transferID: transferID, on: c)
+            return .aborted
+        } catch {
+            guard error.errorNumber == 1062 else { throw error }
+            return try await state(of: transferID, on: c) ?? .aborted
+        }
+    }
+}
+
+/// Steps at which a test hook may stop the coordinator (see ``CoordinatorCrash``).
+public enum TwoPhaseStep: Sendable, Hashable {
+    /// The participant on `node` is prepared.
+    case prepared(node: String)
+    /// The commit point's work and decision row are written, not yet committed.
+    case beforeDecision
+    /// The decision is committed; the participants are not yet told.
+    case decided
+}
+
+/// Runs one atomic transaction across nodes: two-phase commit with presumed abort, where the
+/// commit-point node's local COMMIT (with the decision row) is the decision (DESIGN §5).
+///
+/// Participants run in the order given (callers order them by account id, so that concurrent
+/// transactions lock in one global order and cannot deadlock across nodes), each as an XA branch
+/// that is prepared before the commit point commits. After the decision the participants are
+/// committed; any that cannot be reached stay prepared until the ``InDoubtResolver`` finishes them.
+public struct TwoPhaseCommit: Sendable {
+    public typealias Work = @Sendable (MariaDBConnection) async throws -> Void
+
+    public struct Branch: Sendable {
+        public var node: String
+        public var work: Work
+        public init(node: String, work: @escaping Work) {
+            self.node = node
+            self.work = work
+        }
+    }
+
+    let connections: NodeConnections
+    let logger: Logger
+    let hook: (@Sendable (TwoPhaseStep) async throws -> Void)?
+
+    public init(connections: NodeConnections, logger: Logger, hook: (@Sendable (TwoPhaseStep) async throws -> Void)? = nil) {
+        self.connections = connections
+        self.logger = logger
+        self.hook = hook
+    }
+
+    private struct Leased {
+        var node: String
+        var pool: MariaDBPool
+        var connection: MariaDBConnection
+        var xid: XID?
+        var prepared = false
+    }
+
+    /// Runs the transaction. Returns when the decision is committed; throws `.aborted` when it was
+    /// rolled back everywhere, `.outcomeUnknown` when the decision could not be learnt.
+    public func run(decision: DecisionRecord, commitPoint: Branch, participants: [Branch]) async throws {
+        let transferID = decision.transferID
+        guard BranchName.validate(transferID: transferID, nodes: [commitPoint.node] + participants.map(\.node)) else {
+            throw LedgerError(.aborted, "transfer id or node ids are too long for XA names")
+        }
+        var leased: [Leased] = []
+        do {
+            // Phase one: every participant does its work inside an XA branch and prepares.
+            for branch in participants {
+                let pool = try connections.pool(branch.node)
+                let connection = try await pool.lease()
+                let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint.node)
+                leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: xid))
+                try await connection.xaStart(xid)
+                try await branch.work(connection)
+                try await connection.xaEnd(xid)
+                try await connection.xaPrepare(xid)
+                leased[leased.count - 1].prepared = true
+                try await hook?(.prepared(node: branch.node))
+            }
+            // The commit point: its own work and the decision row, in one local transaction.
+            let pool = try connections.pool(commitPoint.node)
+            let connection = try await pool.lease()
+            leased.append(Leased(node: commitPoint.node, pool: pool, connection: connection, xid: nil))
+            try await connection.begin()
+            try await commitPoint.work(connection)
+            try await DecisionRows.insert(decision, state: .committed, on: connection)
+            try await hook?(.beforeDecision)
+        } catch is CoordinatorCrash {
+            await abandon(leased)
+            throw CoordinatorCrash()
+        } catch {
+            await rollBack(leased, transferID: transferID)
+            release(leased)
+            throw LedgerError(.aborted, "transaction \(transferID) was rolled back: \(error)", underlying: error)
+        }
+
+        let point = leased[leased.count - 1]
+        do {
+            try await point.connection.commit()
+        } catch {
+            // A definite server error means the local transaction is gone; a lost connection leaves
+            // the decision unknown until the commit point is asked.
+            let decided = try await learnDecision(transferID, commitPoint: commitPoint.node, after: error)
+            if decided == .aborted {
+                await rollBack(Array(leased.dropLast()), transferID: transferID)
+                release(leased)
+                throw LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point: \(error)", node: commitPoint.node, underlying: error)
+            }
+        }
+        do {
+            try await hook?(.decided)
+        } catch is CoordinatorCrash {
+            await abandon(leased)
+            throw CoordinatorCrash()
+        }
+        // Phase two: tell the participants. The decision stands whatever happens here.
+        for branch in leased where branch.prepared {
+            do {
+                try await branch.connection.xaCommit(branch.xid!)
+            } catch {
+                logger.warning("participant not committed yet; the in-doubt resolver will finish it",
+                               metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
+            }
+        }
+        release(leased)
+    }
+
+    /// After a failed COMMIT on the commit point: the decision that stands there.
+    private func learnDecision(_ transferID: String, commitPoint: String, after error: any Error) async throws -> DecisionState {
+        if let e = error as? MariaDBError, !e.isConnectionBroken { return .aborted }
+        for attempt in 0..<10 {
+            do {
+                return try await connections.withConnection(commitPoint) { try await DecisionRows.decideIfAbsent(transferID, on: $0) }
+            } catch {
+                logger.warning("cannot learn the decision yet", metadata: ["transfer_id": "\(transferID)", "attempt": "\(attempt)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        throw LedgerError(.outcomeUnknown, "the commit point \(commitPoint) did not answer after the commit of \(transferID); the in-doubt resolver will finish it",
+                          node: commitPoint, underlying: error)
+    }
+
+    /// Rolls back what was started: the commit point's local transaction and every XA branch.
+    private func rollBack(_ leased: [Leased], transferID: String) async {
+        for branch in leased {
+            let c = branch.connection
+            guard !c.isBroken else { continue } // the server rolls back an unprepared branch of a lost connection
+            if let xid = branch.xid {
+                if !branch.prepared { _ = try? await c.xaEnd(xid) }
+                do { try await c.xaRollback(xid) } catch {
+                    logger.warning("XA ROLLBACK failed; the in-doubt resolver will finish it",
+                                   metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
+                }
+            } else {
+                _ = try? await c.rollback()
+            }
+        }
+    }
+
+    /// Drops every connection without a word to the servers, as a crashed process would.
+    private func abandon(_ leased: [Leased]) async {
+        for branch in leased {
+            await branch.connection.close()
+            branch.pool.release(branch.connection)
+        }
+    }
+
+    private func release(_ leased: [Leased]) {
+        for branch in leased { branch.pool.release(branch.connection) }
+    }
+}
