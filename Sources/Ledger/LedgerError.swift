@@ -14,6 +14,14 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
         public static let outcomeUnknown = Code("outcome_unknown")
         /// A node the operation needs is unknown or unreachable.
         public static let nodeUnavailable = Code("node_unavailable")
+        /// No such account.
+        public static let notFound = Code("not_found")
+        /// The debited account holds less than the amount.
+        public static let insufficientFunds = Code("insufficient_funds")
+        /// The idempotency key was used before for a different request.
+        public static let idempotencyConflict = Code("idempotency_conflict")
+        /// The request itself is invalid (amount, accounts).
+        public static let invalid = Code("invalid_request")
     }
 
     public var code: Code

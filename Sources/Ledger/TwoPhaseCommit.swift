@@ -116,20 +116,35 @@ public struct TwoPhaseCommit: Sendable {
         var prepared = false
     }
 
-    /// Runs the transaction. Returns when the decision is committed; throws `.aborted` when it was
-    /// rolled back everywhere, `.outcomeUnknown` when the decision could not be learnt.
+    /// Runs the transaction with the commit point last. See ``run(decision:branches:commitPoint:)``.
     public func run(decision: DecisionRecord, commitPoint: Branch, participants: [Branch]) async throws {
+        try await run(decision: decision, branches: participants + [commitPoint], commitPoint: commitPoint.node)
+    }
+
+    /// Runs the transaction. `branches` run in the order given (one per node); the branch on
+    /// `commitPoint` runs as a local transaction opened at its place in that order and committed,
+    /// with the decision row, after every other branch is prepared. Returns when the decision is
+    /// committed; throws `.aborted` when everything was rolled back, `.outcomeUnknown` when the
+    /// decision could not be learnt.
+    public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String) async throws {
         let transferID = decision.transferID
-        guard BranchName.validate(transferID: transferID, nodes: [commitPoint.node] + participants.map(\.node)) else {
-            throw LedgerError(.aborted, "transfer id or node ids are too long for XA names")
+        guard BranchName.validate(transferID: transferID, nodes: branches.map(\.node)),
+              branches.filter({ $0.node == commitPoint }).count == 1, Set(branches.map(\.node)).count == branches.count else {
+            throw LedgerError(.aborted, "invalid transaction \(transferID): one branch per node, one on the commit point, names within XA limits")
         }
         var leased: [Leased] = []
         do {
-            // Phase one: every participant does its work inside an XA branch and prepares.
-            for branch in participants {
+            for branch in branches {
                 let pool = try connections.pool(branch.node)
                 let connection = try await pool.lease()
-                let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint.node)
+                if branch.node == commitPoint {
+                    // The commit point: a local transaction, kept open until the others are prepared.
+                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: nil))
+                    try await connection.begin()
+                    try await branch.work(connection)
+                    continue
+                }
+                let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint)
                 leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: xid))
                 try await connection.xaStart(xid)
                 try await branch.work(connection)
@@ -138,13 +153,8 @@ public struct TwoPhaseCommit: Sendable {
                 leased[leased.count - 1].prepared = true
                 try await hook?(.prepared(node: branch.node))
             }
-            // The commit point: its own work and the decision row, in one local transaction.
-            let pool = try connections.pool(commitPoint.node)
-            let connection = try await pool.lease()
-            leased.append(Leased(node: commitPoint.node, pool: pool, connection: connection, xid: nil))
-            try await connection.begin()
-            try await commitPoint.work(connection)
-            try await DecisionRows.insert(decision, state: .committed, on: connection)
+            let point = leased.first { $0.xid == nil }!
+            try await DecisionRows.insert(decision, state: .committed, on: point.connection)
             try await hook?(.beforeDecision)
         } catch is CoordinatorCrash {
             await abandon(leased)
@@ -155,17 +165,17 @@ public struct TwoPhaseCommit: Sendable {
             throw LedgerError(.aborted, "transaction \(transferID) was rolled back: \(error)", underlying: error)
         }
 
-        let point = leased[leased.count - 1]
+        let point = leased.first { $0.xid == nil }!
         do {
             try await point.connection.commit()
         } catch {
             // A definite server error means the local transaction is gone; a lost connection leaves
             // the decision unknown until the commit point is asked.
-            let decided = try await learnDecision(transferID, commitPoint: commitPoint.node, after: error)
+            let decided = try await learnDecision(transferID, commitPoint: commitPoint, after: error)
             if decided == .aborted {
-                await rollBack(Array(leased.dropLast()), transferID: transferID)
+                await rollBack(leased.filter { $0.xid != nil }, transferID: transferID)
                 release(leased)
-                throw LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point: \(error)", node: commitPoint.node, underlying: error)
+                throw LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point: \(error)", node: commitPoint, underlying: error)
             }
         }
         do {

@@ -1,0 +1,102 @@
+import MariaDB
+
+/// The SQL of one node's part of a ledger operation. Every write transaction reads the fence first.
+enum AccountSQL {
+    /// The fence (DESIGN §4): the node must own `range` of `map` and the range must be active.
+    /// Share mode, so a range move's freeze (an exclusive lock) waits for in-flight writes.
+    static func fence(_ c: MariaDBConnection, map: String, range: String, node: String) async throws {
+        let rows = try await c.execute(
+            "SELECT state FROM range_ownership WHERE map_name = ? AND range_id = ? LOCK IN SHARE MODE",
+            [.string(map), .string(range)]).rows
+        guard let state = try rows.first?.string("state"), state == "active" else {
+            throw PlanStale(reason: "node \(node) does not own \(map) range \(range) (wrong shard)", wrongShard: true)
+        }
+    }
+
+    struct Row: Sendable {
+        var accountID: Int64
+        var customerName: String
+        var balance: Int64
+        var range: String
+        var version: Int64
+        var createdAt: SQLDateTime
+    }
+
+    static let columns = "account_id, customer_name, balance, balance_range, row_version, created_at"
+
+    static func decode(_ r: MariaDBRow) throws -> Row {
+        Row(accountID: try r.int64("account_id"), customerName: try r.string("customer_name"), balance: try r.minorUnits("balance"),
+            range: try r.string("balance_range"), version: try r.int64("row_version"), createdAt: try r.dateTime("created_at"))
+    }
+
+    /// Reads a row without locking (planning).
+    static func read(_ c: MariaDBConnection, _ id: Int64) async throws -> Row? {
+        try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ?", [.int(id)]).rows.first.map(decode)
+    }
+
+    /// Locks a row for the rest of the transaction; the plan must still hold.
+    static func lock(_ c: MariaDBConnection, _ expected: Row, node: String) async throws {
+        guard let row = try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ? FOR UPDATE", [.int(expected.accountID)]).rows.first.map(decode) else {
+            throw PlanStale(reason: "account \(expected.accountID) is no longer on \(node)")
+        }
+        guard row.version == expected.version else {
+            throw PlanStale(reason: "account \(expected.accountID) changed on \(node) since it was read")
+        }
+    }
+
+    static func update(_ c: MariaDBConnection, _ id: Int64, balance: Int64, range: String) async throws {
+        try await c.execute("UPDATE account_info SET balance = ?, balance_range = ?, row_version = row_version + 1 WHERE account_id = ?",
+                            [.money(minorUnits: balance), .string(range), .int(id)])
+    }
+
+    static func insert(_ c: MariaDBConnection, _ row: Row) async throws {
+        try await c.execute("INSERT INTO account_info (\(columns)) VALUES (?, ?, ?, ?, ?, ?)", [
+            .int(row.accountID), .string(row.customerName), .money(minorUnits: row.balance), .string(row.range),
+            .int(row.version), .dateTime(row.createdAt),
+        ])
+    }
+
+    static func delete(_ c: MariaDBConnection, _ id: Int64) async throws {
+        try await c.execute("DELETE FROM account_info WHERE account_id = ?", [.int(id)])
+    }
+
+    static func journal(_ c: MariaDBConnection, account: Int64, transferID: String, amount: Int64, balanceAfter: Int64) async throws {
+        try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES (?, ?, ?, ?)",
+                            [.int(account), .string(transferID), .money(minorUnits: amount), .money(minorUnits: balanceAfter)])
+    }
+
+    struct DirectoryEntry: Sendable {
+        var node: String
+        var range: String
+        var previousNodes: [String]
+    }
+
+    static func directory(_ c: MariaDBConnection, _ id: Int64) async throws -> DirectoryEntry? {
+        guard let r = try await c.execute("SELECT data_node, data_range, previous_nodes FROM account_directory WHERE account_id = ?", [.int(id)]).rows.first else { return nil }
+        return DirectoryEntry(node: try r.string("data_node"), range: try r.string("data_range"),
+                              previousNodes: try r.string("previous_nodes").split(separator: ",").map(String.init))
+    }
+
+    static func insertDirectory(_ c: MariaDBConnection, _ id: Int64, directoryRange: String, node: String, range: String) async throws {
+        try await c.execute("INSERT INTO account_directory (account_id, directory_range, data_node, data_range) VALUES (?, ?, ?, ?)",
+                            [.int(id), .string(directoryRange), .string(node), .string(range)])
+    }
+
+    /// Points the entry at the account's new node and remembers the old one (idempotent retries look there).
+    static func moveDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, to: String, range: String) async throws {
+        let result = try await c.execute("""
+            UPDATE account_directory SET data_node = ?, data_range = ?,
+              previous_nodes = IF(previous_nodes = '', ?, IF(FIND_IN_SET(?, previous_nodes) > 0, previous_nodes, CONCAT(previous_nodes, ',', ?)))
+            WHERE account_id = ? AND data_node = ?
+            """, [.string(to), .string(range), .string(from), .string(from), .string(from), .int(id), .string(from)])
+        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at \(from)") }
+    }
+}
+
+/// The plan no longer matches the data (a row moved or changed, or a range changed hands):
+/// nothing was written; plan again.
+struct PlanStale: Error, Sendable, CustomStringConvertible {
+    var reason: String
+    var wrongShard = false
+    var description: String { reason }
+}

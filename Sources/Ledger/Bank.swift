@@ -1,0 +1,327 @@
+import Foundation
+import Logging
+import MariaDB
+import Sharding
+import Synchronization
+
+/// The two shard maps a ledger operation routes by.
+public struct LedgerMaps: Sendable {
+    public var accounts: RangeMap
+    public var directory: RangeMap
+    public init(accounts: RangeMap, directory: RangeMap) {
+        self.accounts = accounts
+        self.directory = directory
+    }
+}
+
+/// An account as stored.
+public struct Account: Sendable, Hashable {
+    public var id: Int64
+    public var customerName: String
+    public var balance: Money
+    /// The id of the accounts-map range holding the row (`balance_range`).
+    public var range: String
+    public var node: String
+}
+
+/// What a money movement did; a retry with the same key returns the first attempt's result.
+public struct MovementResult: Sendable, Hashable {
+    public var transferID: String
+    /// Balances after the movement, by account id.
+    public var balances: [Int64: Money]
+    /// Whether this answer replays an earlier attempt with the same idempotency key.
+    public var replayed: Bool
+}
+
+/// The bank's operations over the sharded nodes: accounts live on the node whose accounts-map range
+/// holds their balance; a balance that leaves its node's range moves the account in the same atomic
+/// transaction; a retried request (same idempotency key) never moves money twice.
+///
+/// Every operation plans from unlocked reads, then executes with each row locked and checked against
+/// the plan (row version, fence); a plan gone stale (a concurrent change, a move, a range handed over)
+/// writes nothing and is planned again.
+public final class Bank: Sendable {
+    let connections: NodeConnections
+    let maps: @Sendable () throws -> LedgerMaps
+    let nextAccountID: @Sendable () async throws -> Int64
+    let logger: Logger
+    let twoPhase: TwoPhaseCommit
+    /// account id → node of its data row, as last seen. A hint: always verified on the node.
+    private let locations = Mutex<[Int64: String]>([:])
+
+    public init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
+                nextAccountID: @escaping @Sendable () async throws -> Int64, logger: Logger,
+                hook: (@Sendable (TwoPhaseStep) async throws -> Void)? = nil) {
+        self.connections = connections
+        self.maps = maps
+        self.nextAccountID = nextAccountID
+        self.logger = logger
+        self.twoPhase = TwoPhaseCommit(connections: connections, logger: logger, hook: hook)
+    }
+
+    // MARK: reads
+
+    /// The account with `id`, read from its node.
+    public func account(_ id: Int64) async throws -> Account {
+        let (row, node) = try await locate(id)
+        return Account(id: id, customerName: row.customerName, balance: Money(minorUnits: row.balance), range: row.range, node: node)
+    }
+
+    /// Finds an account's row: the cached node, else the directory entry; follows moves.
+    func locate(_ id: Int64) async throws -> (AccountSQL.Row, String) {
+        let maps = try self.maps()
+        for attempt in 0..<6 {
+            if let hint = locations.withLock({ $0[id] }),
+               let row = try await connections.withConnection(hint, { try await AccountSQL.read($0, id) }) {
+                return (row, hint)
+            }
+            let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: id)).node
+            guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, id) }) else {
+                throw LedgerError(.notFound, "account \(id) does not exist")
+            }
+            if let row = try await connections.withConnection(entry.node, { try await AccountSQL.read($0, id) }) {
+                locations.withLock { $0[id] = entry.node }
+                return (row, entry.node)
+            }
+            // Moving right now: the directory commits with the row, so look again shortly.
+            locations.withLock { _ = $0.removeValue(forKey: id) }
+            try await Task.sleep(for: .milliseconds(5 << attempt))
+        }
+        throw LedgerError(.aborted, "account \(id) kept moving while it was looked up; try again")
+    }
+
+    // MARK: writes
+
+    /// Opens an account with an opening balance (≥ 0); its id comes from the allocator.
+    public func openAccount(customerName: String, balance: Money, idempotencyKey: String) async throws -> Account {
+        guard balance.minorUnits >= 0 else { throw LedgerError(.invalid, "an opening balance cannot be negative") }
+        let maps = try self.maps()
+        let range = try maps.accounts.range(for: balance.minorUnits)
+        let hash = requestHash("open", customerName, balance.description)
+        // The same request again: its decision row is on the node its balance maps to.
+        if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
+        let id = try await nextAccountID()
+        let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
+        let row = AccountSQL.Row(accountID: id, customerName: customerName, balance: balance.minorUnits, range: range.id, version: 1,
+                                 createdAt: SQLDateTime(unixMicroseconds: Int64(Date().timeIntervalSince1970 * 1_000_000)))
+        let key = idempotencyKey
+        var work: [String: [TwoPhaseCommit.Work]] = [:]
+        work[range.node, default: []].append { c in
+            try await AccountSQL.fence(c, map: "accounts", range: range.id, node: range.node)
+            try await AccountSQL.insert(c, row)
+            try await AccountSQL.journal(c, account: id, transferID: key, amount: balance.minorUnits, balanceAfter: balance.minorUnits)
+        }
+        work[directory.node, default: []].append { c in
+            try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
+            try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
+        }
+        let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
+                                      requestHash: hash, participants: work.keys.sorted())
+        do {
+            try await commit(decision, work: work, order: [range.node, directory.node], commitPoint: range.node)
+        } catch let error as LedgerError where error.code == .aborted {
+            // A concurrent attempt with the same key won the decision row: answer as it did.
+            if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
+            throw error
+        }
+        locations.withLock { $0[id] = range.node }
+        return Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node)
+    }
+
+    private func openedEarlier(key: String, hash: String, node: String) async throws -> Account? {
+        let row = try await connections.withConnection(node) { c in
+            try await c.execute("SELECT state, request_hash, to_account FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
+        }
+        guard let row else { return nil }
+        guard try row.string("request_hash") == hash else {
+            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+        }
+        guard try row.string("state") == DecisionState.committed.rawValue, let id = try row.optionalInt64("to_account") else {
+            throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
+        }
+        return try await account(id)
+    }
+
+    /// Adds `amount` (> 0) to an account.
+    public func deposit(_ id: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a deposit must be more than 0.00") }
+        return try await move(kind: "deposit", key: idempotencyKey, home: id, changes: [(id, amount.minorUnits)],
+                              hash: requestHash("deposit", String(id), amount.description))
+    }
+
+    /// Takes `amount` (> 0) from an account; never below zero.
+    public func withdraw(_ id: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a withdrawal must be more than 0.00") }
+        return try await move(kind: "withdraw", key: idempotencyKey, home: id, changes: [(id, -amount.minorUnits)],
+                              hash: requestHash("withdraw", String(id), amount.description))
+    }
+
+    /// Moves `amount` (> 0) from one account to another, atomically across nodes.
+    public func transfer(from: Int64, to: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        guard from != to else { throw LedgerError(.invalid, "a transfer needs two different accounts") }
+        guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a transfer must be more than 0.00") }
+        return try await move(kind: "transfer", key: idempotencyKey, home: from, changes: [(from, -amount.minorUnits), (to, amount.minorUnits)],
+                              hash: requestHash("transfer", String(from), String(to), amount.description))
+    }
+
+    private func requestHash(_ parts: String...) -> String {
+        // FNV-1a over the parts, twice with different seeds: a stable 128-bit fingerprint in hex.
+        var a: UInt64 = 0xCBF2_9CE4_8422_2325
+        var b: UInt64 = 0x8422_2325_CBF2_9CE4
+        for byte in parts.joined(separator: "\u{1F}").utf8 {
+            a = (a ^ UInt64(byte)) &* 0x100_0000_01B3
+            b = (b ^ UInt64(byte)) &* 0x100_0000_01B3 ^ (b >> 29)
+        }
+        let hex = String(a, radix: 16) + String(b, radix: 16)
+        return String(repeating: "0", count: max(0, 64 - hex.count)) + hex
+    }
+
+    /// Plans and runs a balance change of one or more accounts; retries stale plans.
+    private func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
+        var lastError: (any Error)?
+        for attempt in 0..<8 {
+            if let replay = try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) { return replay }
+            do {
+                return try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash)
+            } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
+                lastError = error
+                logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "attempt": "\(attempt)", "reason": "\(error.underlying.map { "\($0)" } ?? "")"])
+                locations.withLock { l in changes.forEach { l[$0.0] = nil } }
+                try await Task.sleep(for: .milliseconds(Int64(2 << attempt)))
+            }
+        }
+        throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastError)
+    }
+
+    static func worthRetrying(_ error: (any Error)?) -> Bool {
+        if error is PlanStale { return true }
+        if let e = error as? MariaDBError { return e.isRetryable || e.errorNumber == 1062 }
+        if let e = error as? LedgerError { return worthRetrying(e.underlying) }
+        return false
+    }
+
+    /// A committed (or aborted) earlier attempt with this key, looked up on every node the home
+    /// account has lived on.
+    private func previousOutcome(key: String, home: Int64, hash: String, accounts: [Int64]) async throws -> MovementResult? {
+        let maps = try self.maps()
+        let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: home)).node
+        guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, home) }) else {
+            throw LedgerError(.notFound, "account \(home) does not exist")
+        }
+        for node in [entry.node] + entry.previousNodes {
+            let row = try await connections.withConnection(node) { c in
+                try await c.execute("SELECT state, request_hash FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
+            }
+            guard let row else { continue }
+            guard try row.string("request_hash") == hash else {
+                throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+            }
+            guard try row.string("state") == DecisionState.committed.rawValue else {
+                throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
+            }
+            // The balances it left, from its journal entries wherever the accounts lived.
+            var balances: [Int64: Money] = [:]
+            for account in accounts {
+                for n in try await nodesOf(account) where balances[account] == nil {
+                    let j = try await connections.withConnection(n) { c in
+                        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?", [.string(key), .int(account)]).rows.first
+                    }
+                    if let j { balances[account] = Money(minorUnits: try j.minorUnits("balance_after")) }
+                }
+            }
+            return MovementResult(transferID: key, balances: balances, replayed: true)
+        }
+        return nil
+    }
+
+    private func nodesOf(_ account: Int64) async throws -> [String] {
+        let maps = try self.maps()
+        let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: account)).node
+        guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, account) }) else { return [] }
+        return [entry.node] + entry.previousNodes
+    }
+
+    private func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
+        let maps = try self.maps()
+        var work: [String: [TwoPhaseCommit.Work]] = [:]
+        var order: [String] = []
+        var balances: [Int64: Money] = [:]
+        var homeNode = ""
+        func add(_ node: String, _ w: @escaping TwoPhaseCommit.Work) {
+            if work[node] == nil { order.append(node) }
+            work[node, default: []].append(w)
+        }
+        // Ascending account ids: every transaction locks rows in one global order.
+        for (id, delta) in changes.sorted(by: { $0.0 < $1.0 }) {
+            let (row, node) = try await locate(id)
+            let after = row.balance + delta
+            guard after >= 0 else {
+                throw LedgerError(.insufficientFunds, "account \(id) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
+            }
+            if id == home { homeNode = node }
+            balances[id] = Money(minorUnits: after)
+            let target = try maps.accounts.range(for: after)
+            let source = row.range
+            if target.node == node {
+                add(node) { c in
+                    try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
+                    if target.id != source { try await AccountSQL.fence(c, map: "accounts", range: target.id, node: node) }
+                    try await AccountSQL.lock(c, row, node: node)
+                    try await AccountSQL.update(c, id, balance: after, range: target.id)
+                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: after)
+                }
+            } else {
+                // The balance leaves this node's ranges: the row, its range and its directory entry move together.
+                let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
+                add(node) { c in
+                    try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
+                    try await AccountSQL.lock(c, row, node: node)
+                    try await AccountSQL.delete(c, id)
+                }
+                var moved = row
+                moved.balance = after
+                moved.range = target.id
+                moved.version = row.version + 1
+                let movedRow = moved
+                add(target.node) { c in
+                    try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node)
+                    try await AccountSQL.insert(c, movedRow)
+                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: after)
+                }
+                add(directory.node) { c in
+                    try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
+                    try await AccountSQL.moveDirectory(c, id, from: node, to: target.node, range: target.id)
+                }
+            }
+        }
+        let decision = DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0, toAccount: changes.first { $0.1 > 0 }?.0,
+                                      amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0, requestHash: hash, participants: order)
+        try await commit(decision, work: work, order: order, commitPoint: homeNode)
+        return MovementResult(transferID: key, balances: balances, replayed: false)
+    }
+
+    /// One node: a local transaction with the decision row. Several: two-phase commit.
+    private func commit(_ decision: DecisionRecord, work: [String: [TwoPhaseCommit.Work]], order: [String], commitPoint: String) async throws {
+        let nodes = order.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        let branches = nodes.map { node in
+            let steps = work[node] ?? []
+            return TwoPhaseCommit.Branch(node: node) { c in for step in steps { try await step(c) } }
+        }
+        if branches.count == 1 {
+            do {
+                try await connections.withConnection(commitPoint) { c in
+                    try await withTaskExecutorPreference(c.executor) {
+                        try await c.transaction { c in
+                            try await branches[0].work(c)
+                            try await DecisionRows.insert(decision, state: .committed, on: c)
+                        }
+                    }
+                }
+            } catch {
+                throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back: \(error)", underlying: error)
+            }
+            return
+        }
+        try await twoPhase.run(decision: decision, branches: branches, commitPoint: commitPoint)
+    }
+}

@@ -1,0 +1,152 @@
+import Admin
+import ClusterMetadata
+import Foundation
+import LocalCluster
+import Ledger
+import MariaDB
+import Sharding
+import Testing
+
+/// A bootstrapped three-node cluster (seed layout) and a Bank over it.
+private func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
+    try await withCluster(nodes: 3, etcd: 1) { cluster in
+        let configuration = try await configurationFor(cluster)
+        try await withEtcd(cluster) { etcd in
+            try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+            let connections = NodeConnections(logger: testLogger)
+            for node in ["node1", "node2", "node3"] {
+                await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
+            }
+            let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
+            let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+            let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
+            do {
+                try await body(cluster, bank, connections)
+            } catch {
+                await connections.shutdown()
+                throw error
+            }
+            await connections.shutdown()
+        }
+    }
+}
+
+private func money(_ text: String) -> Money { try! Money(parsing: text) }
+
+/// Σ balances and Σ journal over every node, and where each account row is.
+private func totals(_ connections: NodeConnections) async throws -> (balances: Int64, journal: Int64, rows: [Int64: String]) {
+    var balances: Int64 = 0
+    var journal: Int64 = 0
+    var rows: [Int64: String] = [:]
+    for node in connections.nodes {
+        try await connections.withConnection(node) { c in
+            for r in try await c.query("SELECT account_id, balance FROM account_info").rows {
+                balances += try r.minorUnits("balance")
+                let id = try r.int64("account_id")
+                #expect(rows[id] == nil, "account \(id) exists on two nodes")
+                rows[id] = node
+            }
+            journal += try await c.query("SELECT COALESCE(SUM(amount), 0) AS s FROM journal").rows[0].minorUnits("s")
+        }
+    }
+    return (balances, journal, rows)
+}
+
+@Suite("Ledger operations across three real nodes", .serialized)
+struct BankTests {
+    @Test("accounts live on the node of their balance and move with it, atomically, directory included")
+    func placementAndMoves() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "O'Brien \"; DROP TABLE account_info; --", balance: money("9999.00"), idempotencyKey: "open-a")
+            let b = try await bank.openAccount(customerName: "Bea", balance: money("60000.00"), idempotencyKey: "open-b")
+            #expect(a.node == "node1" && a.range == "a1")
+            #expect(b.node == "node3")
+            #expect(try await bank.account(a.id).customerName == "O'Brien \"; DROP TABLE account_info; --")
+            // 9999.00 + 2.00 = 10001.00: the account crosses into node2's range.
+            let d = try await bank.deposit(a.id, amount: money("2.00"), idempotencyKey: "dep-1")
+            #expect(d.balances[a.id] == money("10001.00"))
+            let moved = try await bank.account(a.id)
+            #expect(moved.node == "node2" && moved.range == "a2" && moved.balance == money("10001.00"))
+            // Back down on a withdrawal.
+            // 10000.00 is the top of node1's range [0.00, 10000.01): back it goes.
+            _ = try await bank.withdraw(a.id, amount: money("1.00"), idempotencyKey: "wd-1")
+            let back = try await bank.account(a.id)
+            #expect(back.node == "node1" && back.range == "a1" && back.balance == money("10000.00"))
+            let t = try await totals(connections)
+            #expect(t.balances == t.journal)
+            #expect(t.balances == money("9999.00").minorUnits + money("60000.00").minorUnits + 100)
+            #expect(t.rows[a.id] != nil && t.rows[b.id] == "node3")
+        }
+    }
+
+    @Test("transfers: cross-node, insufficient funds, idempotent retries (also after a move), key reuse refused")
+    func transfers() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
+            let b = try await bank.openAccount(customerName: "B", balance: money("70000.00"), idempotencyKey: "o-b")
+            let again = try await bank.openAccount(customerName: "B", balance: money("70000.00"), idempotencyKey: "o-b")
+            #expect(again.id == b.id)
+            let r = try await bank.transfer(from: b.id, to: a.id, amount: money("25000.00"), idempotencyKey: "t-1")
+            #expect(r.balances[a.id] == money("25100.00") && r.balances[b.id] == money("45000.00"))
+            #expect(try await bank.account(a.id).node == "node2")
+            #expect(try await bank.account(b.id).node == "node2")
+            // The same request again: the first outcome, nothing moves twice — though A moved meanwhile.
+            let replay = try await bank.transfer(from: b.id, to: a.id, amount: money("25000.00"), idempotencyKey: "t-1")
+            #expect(replay.replayed && replay.balances == r.balances)
+            #expect(try await bank.account(b.id).balance == money("45000.00"))
+            do {
+                _ = try await bank.transfer(from: b.id, to: a.id, amount: money("1.00"), idempotencyKey: "t-1")
+                Issue.record("a reused key with another body was accepted")
+            } catch let error as LedgerError { #expect(error.code == .idempotencyConflict) }
+            do {
+                _ = try await bank.withdraw(a.id, amount: money("25100.01"), idempotencyKey: "t-2")
+                Issue.record("overdraft accepted")
+            } catch let error as LedgerError { #expect(error.code == .insufficientFunds) }
+            let t = try await totals(connections)
+            #expect(t.balances == t.journal)
+            #expect(t.balances == money("70100.00").minorUnits)
+        }
+    }
+
+    @Test("16 concurrent clients, 800 transfers, about half crossing nodes: no cent lost or created")
+    func concurrentTransfers() async throws {
+        try await withBank { _, bank, connections in
+            var ids: [Int64] = []
+            for (i, opening) in ["500.00", "9000.00", "30000.00", "45000.00", "60000.00", "80000.00", "1000.00", "20000.00"].enumerated() {
+                ids.append(try await bank.openAccount(customerName: "c\(i)", balance: money(opening), idempotencyKey: "open-\(i)").id)
+            }
+            let before = try await totals(connections)
+            let accountIDs = ids
+            let outcomes = try await withThrowingTaskGroup(of: [String: Int].self) { group in
+                for client in 0..<16 {
+                    group.addTask {
+                        var counts: [String: Int] = [:]
+                        var rng = SystemRandomNumberGenerator()
+                        for i in 0..<50 {
+                            let from = accountIDs.randomElement(using: &rng)!
+                            var to = accountIDs.randomElement(using: &rng)!
+                            while to == from { to = accountIDs.randomElement(using: &rng)! }
+                            let amount = Money(minorUnits: Int64.random(in: 1...1_500_000, using: &rng))
+                            do {
+                                _ = try await bank.transfer(from: from, to: to, amount: amount, idempotencyKey: "c\(client)-\(i)")
+                                counts["ok", default: 0] += 1
+                            } catch let error as LedgerError {
+                                counts[error.code.rawValue, default: 0] += 1
+                            }
+                        }
+                        return counts
+                    }
+                }
+                return try await group.reduce(into: [String: Int]()) { $0.merge($1, uniquingKeysWith: +) }
+            }
+            let after = try await totals(connections)
+            #expect(after.balances == before.balances)
+            #expect(after.balances == after.journal)
+            #expect(after.rows.count == accountIDs.count)
+            print("concurrent transfers: \(outcomes)")
+            #expect((outcomes["ok"] ?? 0) > 400, "outcomes: \(outcomes)")
+            #expect(Set(outcomes.keys).isSubset(of: ["ok", "insufficient_funds", "aborted"]), "outcomes: \(outcomes)")
+            for node in connections.nodes { #expect(try await connections.withConnection(node) { try await $0.xaRecover() }.isEmpty) }
+        }
+    }
+}
