@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
@@ -97,6 +99,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The HTTP JSON API of `shardbank serve` (hummingbird 2): routes, request parsing, errors → HTTP.
+        .target(
+            name: "API",
+            dependencies: [
+                "Ledger", "ClusterMetadata", "Sharding",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Local clusters of real mariadbd and etcd processes, for tests and `demo`.
         .target(
             name: "LocalCluster",
@@ -117,8 +130,12 @@ let package = Package(
         .executableTarget(
             name: "shardbank",
             dependencies: [
-                "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding",
+                "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding", "Ledger", "API",
+                "BankSchema",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

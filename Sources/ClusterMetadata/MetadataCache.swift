@@ -55,9 +55,10 @@ public final class MetadataCache: Service, Sendable {
     public var snapshot: MetadataSnapshot { state.withLock { $0.snapshot } }
 
     public func run() async throws {
-        await withGracefulShutdownHandler {
+        // Graceful shutdown cancels the loop (and with it the watch).
+        await cancelWhenGracefulShutdown {
             await self.runUntilCancelled()
-        } onGracefulShutdown: {}
+        }
     }
 
     private func runUntilCancelled() async {
@@ -66,7 +67,7 @@ public final class MetadataCache: Service, Sendable {
             do {
                 let revision = try await reload()
                 backoff = .milliseconds(100)
-                for try await batch in store.etcd.watch(.prefix(store.keys.prefix), startRevision: revision + 1).cancelOnGracefulShutdown() {
+                for try await batch in store.etcd.watch(.prefix(store.keys.prefix), startRevision: revision + 1) {
                     apply(batch)
                 }
                 if Task.isCancelled { break }

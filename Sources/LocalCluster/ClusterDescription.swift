@@ -46,10 +46,21 @@ public struct ClusterDescription: Codable, Sendable {
         }
     }
 
+    /// The `shardbank serve` process `demo up` started.
+    public struct API: Codable, Sendable {
+        public var url: String
+        public var pid: Int32
+        public init(url: String, pid: Int32) {
+            self.url = url
+            self.pid = pid
+        }
+    }
+
     /// The cluster's directory (absolute).
     public var dir: String
     public var etcd: Etcd
     public var nodes: [Node]
+    public var api: API?
 
     public init(dir: String, etcd: Etcd, nodes: [Node]) {
         self.dir = dir
@@ -59,6 +70,6 @@ public struct ClusterDescription: Codable, Sendable {
 
     /// Every pid this cluster started, with a name.
     public var processes: [(name: String, pid: Int32)] {
-        nodes.map { ($0.id, $0.pid) } + etcd.members.map { ($0.name, $0.pid) }
+        (api.map { [("api", $0.pid)] } ?? []) + nodes.map { ($0.id, $0.pid) } + etcd.members.map { ($0.name, $0.pid) }
     }
 }

@@ -307,6 +307,12 @@ public struct LocalCluster: Sendable {
         }
     }
 
+    /// Records the API process `demo up` started, so that `down` stops it too.
+    public mutating func setAPI(url: String, pid: Int32) throws {
+        description.api = .init(url: url, pid: pid)
+        try save()
+    }
+
     /// Stops every process this cluster started, and nothing else.
     public func stopAll() {
         for (_, pid) in description.processes where owns(pid) {

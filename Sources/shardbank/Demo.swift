@@ -39,16 +39,24 @@ struct Demo: AsyncParsableCommand {
                 let logger = makeLogger(.warning)
                 let progress = progressPrinter()
                 progress("starting \(nodes + spare) mariadbd and \(etcd) etcd under \(location.dir)")
-                let cluster = try await LocalCluster.start(dir: location.dir, nodes: nodes, spare: spare, etcdMembers: etcd, logger: logger, progress: progress)
+                var cluster = try await LocalCluster.start(dir: location.dir, nodes: nodes, spare: spare, etcdMembers: etcd, logger: logger, progress: progress)
                 do {
-                    let configPath = try writeConfiguration(cluster)
+                    let apiPort = try Processes.freePort()
+                    let configPath = try writeConfiguration(cluster, apiPort: apiPort)
                     let configuration = try await ShardBankConfiguration.load(file: configPath)
                     let bootstrap = try Bootstrap(configuration: configuration)
                     try await withEtcd(configuration, logger: logger) { etcd in
                         try await bootstrap.run(etcd: etcd, logger: logger, progress: progress)
                     }
+                    progress("starting shardbank serve on 127.0.0.1:\(apiPort)")
+                    let url = "http://127.0.0.1:\(apiPort)"
+                    let pid = try Processes.spawn(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"),
+                                                  ["serve", "--config", configPath], logFile: cluster.dir + "/serve.log")
+                    try cluster.setAPI(url: url, pid: pid)
+                    try await waitReady(url: url, pid: pid, log: cluster.dir + "/serve.log")
                     print("""
                         cluster up in \(cluster.dir)
+                          api:    \(url)
                           etcd:   \(cluster.description.etcd.endpoints.joined(separator: " "))
                           nodes:  \(cluster.description.nodes.map { "\($0.id)=\($0.host):\($0.port)\($0.spare ? " (spare)" : "")" }.joined(separator: " "))
                           config: \(configPath)
@@ -62,8 +70,19 @@ struct Demo: AsyncParsableCommand {
             }
         }
 
+        /// Waits until `serve` answers /readyz (it loads metadata and migrates schemas first).
+        func waitReady(url: String, pid: Int32, log: String) async throws {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                guard Processes.isAlive(pid) else { throw CLIError("shardbank serve exited during start-up; see \(log)") }
+                if try await httpStatus(url + "/readyz") == 200 { return }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            throw CLIError("shardbank serve did not become ready within 60 s; see \(log)")
+        }
+
         /// DIR/shardbank.json plus one password file per node under DIR/secrets (mode 0600).
-        func writeConfiguration(_ cluster: LocalCluster) throws -> String {
+        func writeConfiguration(_ cluster: LocalCluster, apiPort: Int) throws -> String {
             let fm = FileManager.default
             let secrets = cluster.dir + "/secrets"
             try fm.createDirectory(atPath: secrets, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -81,7 +100,7 @@ struct Demo: AsyncParsableCommand {
                 "mysql": ["user": "bank", "pool": ["max_connections": 32]],
                 "cluster": ["nodes": cluster.description.nodes.filter { !$0.spare }.map(\.id)],
                 "nodes": nodes,
-                "http": ["host": "127.0.0.1", "port": 8080],
+                "http": ["host": "127.0.0.1", "port": apiPort],
             ]
             let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             let path = cluster.dir + "/shardbank.json"

@@ -11,6 +11,6 @@ struct ShardBank: AsyncParsableCommand {
             (see config/shardbank.example.json); every field can be overridden by an environment
             variable SHARDBANK_<FIELD_PATH>, e.g. SHARDBANK_ETCD_ENDPOINTS.
             """,
-        subcommands: [Ctl.self, Demo.self, Bench.self]
+        subcommands: [Serve.self, Ctl.self, Demo.self, Bench.self]
     )
 }

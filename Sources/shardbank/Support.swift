@@ -1,5 +1,6 @@
 import ArgumentParser
 import Etcd
+import AsyncHTTPClient
 import Foundation
 import Logging
 import ShardBankConfig
@@ -62,4 +63,18 @@ func withEtcd<T>(_ configuration: ShardBankConfiguration, logger: Logger, _ body
 
 func progressPrinter(_ quiet: Bool = false) -> @Sendable (String) -> Void {
     { message in if !quiet { FileHandle.standardError.write(Data("  \(message)\n".utf8)) } }
+}
+
+/// The status of a GET, or nil when nothing answered within 2 s.
+func httpStatus(_ url: String) async throws -> Int? {
+    let client = HTTPClient(eventLoopGroupProvider: .singleton)
+    let status: Int?
+    do {
+        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(2))
+        status = Int(response.status.code)
+    } catch {
+        status = nil
+    }
+    try await client.shutdown()
+    return status
 }

@@ -1,0 +1,150 @@
+import ClusterMetadata
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Ledger
+import Sharding
+
+/// What the routes need from the running service.
+public struct APIDependencies: Sendable {
+    public var bank: Bank
+    public var cache: MetadataCache
+    public init(bank: Bank, cache: MetadataCache) {
+        self.bank = bank
+        self.cache = cache
+    }
+}
+
+/// An account as the API shows it.
+struct AccountJSON: ResponseEncodable {
+    var account_id: Int64
+    var customer_name: String
+    var balance: String
+    var balance_range: String
+    var node: String
+
+    init(_ a: Account, balance: Money? = nil) {
+        account_id = a.id
+        customer_name = a.customerName
+        self.balance = (balance ?? a.balance).description
+        balance_range = a.range
+        node = a.node
+    }
+}
+
+struct TransferJSON: ResponseEncodable {
+    var transfer_id: String
+    var state: String
+    var from: Int64
+    var to: Int64
+    var amount: String
+    var from_balance: String?
+    var to_balance: String?
+    var replayed: Bool
+}
+
+/// The HTTP JSON API (`docs/openapi.yaml` lists the routes). Money is a decimal string.
+public enum BankRoutes {
+    /// The route list, also checked against the OpenAPI document by a test.
+    public static let paths: [(method: String, path: String)] = [
+        ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/cluster"),
+        ("POST", "/v1/accounts"), ("GET", "/v1/accounts/{id}"),
+        ("POST", "/v1/accounts/{id}/deposit"), ("POST", "/v1/accounts/{id}/withdraw"),
+        ("POST", "/v1/transfers"),
+    ]
+
+    public static func router(_ deps: APIDependencies) -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: ErrorMiddleware())
+        let bank = deps.bank
+        let cache = deps.cache
+
+        router.get("/healthz") { _, _ in ["status": "ok"] }
+        router.get("/readyz") { _, _ -> Response in
+            let snapshot = cache.snapshot
+            guard snapshot.accounts != nil, snapshot.directory != nil else {
+                throw APIError(.serviceUnavailable, "not_ready", "cluster metadata not loaded yet", retryAfter: 1)
+            }
+            return try jsonResponse(["status": "ready"], status: .ok)
+        }
+        router.get("/v1/cluster") { _, _ -> Response in
+            let s = cache.snapshot
+            struct Cluster: Encodable {
+                var revision: Int64
+                var maps: [RangeMap]
+                var nodes: [NodeInfo]
+            }
+            return try jsonResponse(Cluster(revision: s.revision, maps: [s.accounts?.map, s.directory?.map].compactMap { $0 },
+                                            nodes: s.nodes.values.sorted { $0.id < $1.id }), status: .ok)
+        }
+        router.post("/v1/accounts") { request, context -> Response in
+            let body = try await RequestBody.read(request, context: context, allowed: ["customer_name", "balance"])
+            let name = try body.string("customer_name")
+            guard (1...255).contains(name.count) else {
+                throw APIError(.unprocessableContent, "invalid_field", "customer_name must have 1 to 255 characters")
+            }
+            let balance = try body.money("balance")
+            guard balance.minorUnits >= 0 else { throw APIError(.unprocessableContent, "invalid_amount", "balance cannot be negative") }
+            let account = try await bank.openAccount(customerName: name, balance: balance, idempotencyKey: try idempotencyKey(request))
+            return try jsonResponse(AccountJSON(account), status: .created)
+        }
+        router.get("/v1/accounts/{id}") { _, context -> Response in
+            try jsonResponse(AccountJSON(try await bank.account(try accountID(context))), status: .ok)
+        }
+        for (verb, positive) in [("deposit", true), ("withdraw", false)] {
+            router.post("/v1/accounts/{id}/\(verb)") { request, context -> Response in
+                let id = try accountID(context)
+                let body = try await RequestBody.read(request, context: context, allowed: ["amount"])
+                let amount = try positiveAmount(body)
+                let key = try idempotencyKey(request)
+                let result = positive
+                    ? try await bank.deposit(id, amount: amount, idempotencyKey: key)
+                    : try await bank.withdraw(id, amount: amount, idempotencyKey: key)
+                return try jsonResponse(AccountJSON(try await bank.account(id), balance: result.balances[id]), status: .ok)
+            }
+        }
+        router.post("/v1/transfers") { request, context -> Response in
+            let body = try await RequestBody.read(request, context: context, allowed: ["from", "to", "amount"])
+            let from = try body.int64("from")
+            let to = try body.int64("to")
+            guard from != to else { throw APIError(.unprocessableContent, "same_account", "from and to must be different accounts") }
+            let amount = try positiveAmount(body)
+            let result = try await bank.transfer(from: from, to: to, amount: amount, idempotencyKey: try idempotencyKey(request))
+            return try jsonResponse(TransferJSON(transfer_id: result.transferID, state: "committed", from: from, to: to, amount: amount.description,
+                                                 from_balance: result.balances[from]?.description, to_balance: result.balances[to]?.description,
+                                                 replayed: result.replayed), status: .created)
+        }
+        return router
+    }
+
+    /// Amounts: > 0 and within DECIMAL(19,2) (Money's range, 92,233,720,368,547,758.07, is narrower).
+    static func positiveAmount(_ body: RequestBody) throws -> Money {
+        let amount = try body.money("amount")
+        guard amount.minorUnits > 0 else { throw APIError(.unprocessableContent, "invalid_amount", "amount must be more than 0.00") }
+        return amount
+    }
+
+    static func accountID(_ context: some RequestContext) throws -> Int64 {
+        guard let text = context.parameters.get("id"), let id = Int64(text), id > 0 else {
+            throw APIError(.notFound, "not_found", "no such account: account ids are positive whole numbers")
+        }
+        return id
+    }
+
+    /// The `Idempotency-Key` header (1–64 of `A–Z a–z 0–9 . _ : -`), or a fresh key when absent.
+    static func idempotencyKey(_ request: Request) throws -> String {
+        guard let key = request.headers[HTTPField.Name("Idempotency-Key")!] else { return UUID().uuidString.lowercased() }
+        guard (1...64).contains(key.utf8.count), key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".:_-".contains($0)) }) else {
+            throw APIError(.badRequest, "invalid_idempotency_key", "Idempotency-Key must be 1 to 64 characters of letters, digits, '.', ':', '_' or '-'")
+        }
+        return key
+    }
+
+    static func jsonResponse(_ value: some Encodable, status: HTTPResponse.Status) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    }
+}
