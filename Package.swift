@@ -144,8 +144,9 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger",
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

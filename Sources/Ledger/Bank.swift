@@ -234,7 +234,7 @@ public final class Bank: Sendable {
         return nil
     }
 
-    private func nodesOf(_ account: Int64) async throws -> [String] {
+    func nodesOf(_ account: Int64) async throws -> [String] {
         let maps = try self.maps()
         let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: account)).node
         guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, account) }) else { return [] }

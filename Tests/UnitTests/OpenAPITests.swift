@@ -1,0 +1,38 @@
+import API
+import ClusterMetadata
+import Etcd
+import Foundation
+import Ledger
+import Logging
+import Testing
+
+@Suite("OpenAPI document")
+struct OpenAPITests {
+    @Test("every route the server registers is in docs/openapi.yaml, and the other way round")
+    func parity() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let yaml = try String(contentsOfFile: root.path + "/docs/openapi.yaml", encoding: .utf8)
+        var documented: Set<String> = []
+        var path: String?
+        for line in yaml.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("  /"), line.hasSuffix(":") { path = String(line.dropFirst(2).dropLast()) }
+            else if !line.hasPrefix("  ") { path = nil }
+            if let path, let m = ["get", "post", "put", "delete", "patch"].first(where: { line == "    \($0):" }) {
+                documented.insert("\(m.uppercased()) \(path)")
+            }
+        }
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let etcd = EtcdClient(configuration: EtcdConfiguration(endpoints: ["http://127.0.0.1:9"]), logger: logger)
+        let bank = Bank(connections: NodeConnections(logger: logger), maps: { throw LedgerError(.nodeUnavailable, "none") },
+                        nextAccountID: { 1 }, logger: logger)
+        let router = BankRoutes.router(APIDependencies(bank: bank, cache: MetadataCache(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)))
+        let registered = Set(router.routes.map { route in
+            // Hummingbird prints parameters as ":id" or "{id}" depending on version: normalise to OpenAPI's form.
+            let p = route.path.description.split(separator: "/").map { $0.hasPrefix(":") ? "{\($0.dropFirst())}" : String($0) }.joined(separator: "/")
+            return "\(route.method) /\(p.hasPrefix("/") ? String(p.dropFirst()) : p)"
+        })
+        try await etcd.shutdown()
+        #expect(documented.count >= 10)
+        #expect(registered == documented, "only in the server: \(registered.subtracting(documented).sorted()); only in the document: \(documented.subtracting(registered).sorted())")
+    }
+}
