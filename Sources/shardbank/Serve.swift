@@ -32,12 +32,9 @@ struct Serve: AsyncParsableCommand {
                 guard snapshot.accounts != nil, snapshot.directory != nil else {
                     throw CLIError("the cluster under \(configuration.etcdPrefix) is not initialised: run `shardbank ctl init --config FILE` first")
                 }
-                let connections = NodeConnections(logger: logger)
-                for node in snapshot.nodes.values.sorted(by: { $0.id < $1.id }) {
-                    await connections.register(node: node.id, configuration: configuration.mariaDB(node: node.id, host: node.host, port: node.port,
-                                                                                                  database: node.database, tlsMode: node.tlsMode),
-                                               options: configuration.mysql.pool)
-                    _ = try await connections.withConnection(node.id) { try await BankSchema.migrate($0, logger: logger) }
+                let connections = await nodeConnections(configuration, nodes: Array(snapshot.nodes.values), logger: logger)
+                for node in connections.nodes {
+                    _ = try await connections.withConnection(node) { try await BankSchema.migrate($0, logger: logger) }
                 }
                 let allocator = IDAllocator(store: store, blockSize: 100)
                 let bank = Bank(connections: connections, maps: {

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Etcd
 import AsyncHTTPClient
+import ClusterMetadata
 import Foundation
+import Ledger
 import Logging
 import ShardBankConfig
 
@@ -77,4 +79,15 @@ func httpStatus(_ url: String) async throws -> Int? {
     }
     try await client.shutdown()
     return status
+}
+
+/// A pool per registered node, with the configuration's credentials.
+func nodeConnections(_ configuration: ShardBankConfiguration, nodes: [NodeInfo], logger: Logger) async -> NodeConnections {
+    let connections = NodeConnections(logger: logger)
+    for node in nodes.sorted(by: { $0.id < $1.id }) where node.state != .removed {
+        await connections.register(node: node.id, configuration: configuration.mariaDB(node: node.id, host: node.host, port: node.port,
+                                                                                      database: node.database, tlsMode: node.tlsMode),
+                                   options: configuration.mysql.pool)
+    }
+    return connections
 }

@@ -157,6 +157,9 @@ struct BankTests {
             #expect((outcomes["ok"] ?? 0) > 400, "outcomes: \(outcomes)")
             #expect(Set(outcomes.keys).isSubset(of: ["ok", "insufficient_funds", "aborted"]), "outcomes: \(outcomes)")
             for node in connections.nodes { #expect(try await connections.withConnection(node) { try await $0.xaRecover() }.isEmpty) }
+            let report = try await LedgerVerifier(connections: connections, maps: LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())).run()
+            #expect(report.clean, "\(report.summary)")
+            #expect(report.accounts == accountIDs.count)
         }
     }
 }
