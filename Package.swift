@@ -120,7 +120,7 @@ let package = Package(
         .target(
             name: "Admin",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig",
+                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig", "Ledger",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
@@ -135,6 +135,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],

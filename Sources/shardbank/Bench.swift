@@ -1,4 +1,7 @@
 import Admin
+import AsyncHTTPClient
+import Ledger
+import NIOCore
 import ArgumentParser
 import ClusterMetadata
 import Foundation
@@ -7,7 +10,102 @@ import ShardBankConfig
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Load generators; results go to docs/BENCHMARKS.md with the command that produced them.",
-        subcommands: [PointSelect.self, Etcd.self])
+        subcommands: [Ledger.self, PointSelect.self, Etcd.self],
+        defaultSubcommand: Ledger.self)
+
+    struct Ledger: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ledger",
+            abstract: "TPC-B-like load on the ledger (the default): transfers, deposits and reads by N clients.",
+            discussion: """
+                80 % transfers (--cross-node of them between accounts on different nodes), 10 % deposits,
+                10 % reads, on accounts opened for the run in the middle of each node's range. Through the
+                library (in this process) or, with --http, through the running service's API. With
+                --baseline, the same transfer transaction also runs as plain SQL on node1 for the ratio.
+                """)
+        @OptionGroup var options: ConfigOptions
+        @OptionGroup var common: Common
+        @Option(help: "Concurrent clients.") var clients = 16
+        @Option(help: "Share of transfers across nodes, 0 to 1.") var crossNode = 0.5
+        @Option(help: "Accounts opened per node for the run.") var accountsPerNode = 100
+        @Flag(help: "Go through the HTTP API of the running service (http.host:http.port).") var http = false
+        @Flag(help: "Also run the same transfers as plain SQL on node1, for the ratio.") var baseline = false
+
+        func validate() throws {
+            guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
+            guard (1...1024).contains(clients) else { throw ValidationError("--clients must be between 1 and 1024") }
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                let configuration = try await options.load()
+                let logger = makeLogger(configuration.logLevel)
+                let progress = common.json ? nil : progressPrinter()
+                let runtime = try await BankRuntime.start(configuration, logger: logger)
+                do {
+                    let snapshot = runtime.cache.snapshot
+                    let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
+                    let accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
+                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode)
+                    let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
+                    let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
+                    try await client.shutdown()
+                    try printSummary(summary, label: "ledger \(http ? "http" : "library") clients=\(clients) cross-node=\(crossNode)", json: common.json)
+                    if baseline, let node1 = snapshot.nodes["node1"], let ids = accounts["node1"] {
+                        progress?("baseline: the same transfers as plain SQL on node1")
+                        let base = try await LedgerBenchmark.baseline(
+                            configuration: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
+                            accounts: ids.count, options: options, progress: progress)
+                        try printSummary(base, label: "baseline plain SQL on node1 clients=\(clients)", json: common.json)
+                        if !common.json { print(String(format: "ratio ledger/baseline: %.2f", summary.throughput / max(base.throughput, 1))) }
+                    }
+                } catch {
+                    await runtime.shutdown()
+                    throw error
+                }
+                await runtime.shutdown()
+            }
+        }
+
+        struct ClientHandle {
+            var client: LedgerBenchmark.Client
+            var shutdown: @Sendable () async throws -> Void
+        }
+
+        func libraryClient(_ bank: Bank) -> ClientHandle {
+            ClientHandle(client: LedgerBenchmark.Client(
+                transfer: { _ = try await bank.transfer(from: $0, to: $1, amount: $2, idempotencyKey: $3) },
+                deposit: { _ = try await bank.deposit($0, amount: $1, idempotencyKey: $2) },
+                read: { _ = try await bank.account($0) }), shutdown: {})
+        }
+
+        func httpClient(_ configuration: ShardBankConfiguration) throws -> ClientHandle {
+            let base = "http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(configuration.httpPort)"
+            var config = HTTPClient.Configuration()
+            config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1024)
+            let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+            @Sendable func send(_ path: String, _ body: String?, key: String?) async throws {
+                var request = HTTPClientRequest(url: base + path)
+                if let body {
+                    request.method = .POST
+                    request.headers.add(name: "Content-Type", value: "application/json")
+                    request.body = .bytes(ByteBuffer(string: body))
+                }
+                if let key { request.headers.add(name: "Idempotency-Key", value: key) }
+                let response = try await http.execute(request, timeout: .seconds(30))
+                let payload = try await response.body.collect(upTo: 1 << 20)
+                guard response.status.code < 300 else {
+                    let text = String(buffer: payload)
+                    let code = text.split(separator: "\"").dropFirst(5).first.map(String.init) ?? "http_\(response.status.code)"
+                    throw LedgerBenchmark.ClientError(code: code)
+                }
+            }
+            return ClientHandle(client: LedgerBenchmark.Client(
+                transfer: { try await send("/v1/transfers", "{\"from\":\($0),\"to\":\($1),\"amount\":\"\($2)\"}", key: $3) },
+                deposit: { try await send("/v1/accounts/\($0)/deposit", "{\"amount\":\"\($1)\"}", key: $2) },
+                read: { try await send("/v1/accounts/\($0)", nil, key: nil) }), shutdown: { try await http.shutdown() })
+        }
+    }
 
     struct Common: ParsableArguments {
         @Option(help: "Seconds to run.") var duration = 10

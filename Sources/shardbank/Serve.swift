@@ -8,6 +8,7 @@ import Ledger
 import Logging
 import ServiceLifecycle
 import ShardBankConfig
+import Foundation
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,40 +25,39 @@ struct Serve: AsyncParsableCommand {
         try await reportingErrors {
             let configuration = try await options.load()
             let logger = makeLogger(configuration.logLevel, label: "shardbank.serve")
-            try await EtcdClient.with(configuration: configuration.etcd, logger: logger) { etcd in
-                let store = MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix))
-                let cache = MetadataCache(store: store, logger: logger)
-                try await cache.reload()
-                let snapshot = cache.snapshot
-                guard snapshot.accounts != nil, snapshot.directory != nil else {
-                    throw CLIError("the cluster under \(configuration.etcdPrefix) is not initialised: run `shardbank ctl init --config FILE` first")
-                }
-                let connections = await nodeConnections(configuration, nodes: Array(snapshot.nodes.values), logger: logger)
-                for node in connections.nodes {
-                    _ = try await connections.withConnection(node) { try await BankSchema.migrate($0, logger: logger) }
-                }
-                let allocator = IDAllocator(store: store, blockSize: 100)
-                let bank = Bank(connections: connections, maps: {
-                    let s = cache.snapshot
-                    guard let accounts = s.accounts?.map, let directory = s.directory?.map else {
-                        throw MetadataError(.notInitialized, "the shard maps are not loaded")
-                    }
-                    return LedgerMaps(accounts: accounts, directory: directory)
-                }, nextAccountID: { try await allocator.nextID() }, logger: logger)
-                let resolver = InDoubtResolver(connections: connections, logger: logger)
-                let app = Application(
-                    router: BankRoutes.router(APIDependencies(bank: bank, cache: cache)),
-                    configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
-                    services: [cache, resolver],
-                    logger: logger)
-                do {
-                    try await app.runService()
-                } catch {
-                    await connections.shutdown()
-                    throw error
-                }
-                await connections.shutdown()
+            let runtime = try await BankRuntime.start(configuration, logger: logger, hook: testHook(logger: logger))
+            let resolver = InDoubtResolver(connections: runtime.connections, logger: logger)
+            let app = Application(
+                router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache)),
+                configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
+                services: [runtime.cache, resolver],
+                logger: logger)
+            do {
+                try await app.runService()
+            } catch {
+                await runtime.shutdown()
+                throw error
             }
+            await runtime.shutdown()
+        }
+    }
+}
+
+/// Fault drills only: `SHARDBANK_TEST_HOLD_AT=prepared|decided` makes every distributed
+/// transaction pause 60 s at that step, so a test can `kill -9` the process there. Logged loudly.
+func testHook(logger: Logger) -> (@Sendable (TwoPhaseStep) async throws -> Void)? {
+    guard let step = ProcessInfo.processInfo.environment["SHARDBANK_TEST_HOLD_AT"], !step.isEmpty else { return nil }
+    logger.critical("SHARDBANK_TEST_HOLD_AT is set: distributed transactions will pause — never use this in production", metadata: ["step": "\(step)"])
+    return { reached in
+        let name: String
+        switch reached {
+        case .prepared: name = "prepared"
+        case .beforeDecision: name = "before-decision"
+        case .decided: name = "decided"
+        }
+        if name == step {
+            logger.critical("holding a distributed transaction for a fault drill", metadata: ["step": "\(step)"])
+            try await Task.sleep(for: .seconds(60))
         }
     }
 }

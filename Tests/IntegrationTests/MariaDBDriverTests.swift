@@ -58,6 +58,12 @@ struct MariaDBDriverTests {
             for _ in 0..<10 { try await c.execute("INSERT INTO cents VALUES (?)", [.money(minorUnits: 10)]) }
             let sum = try await c.query("SELECT SUM(v) AS s FROM cents").rows[0]
             #expect(try sum.minorUnits("s") == 100)
+            // Arithmetic with a bound decimal parameter, in SQL.
+            try await c.query("CREATE TABLE acct (id INT PRIMARY KEY, balance DECIMAL(19,2) NOT NULL)")
+            try await c.execute("INSERT INTO acct VALUES (1, 5000.00)")
+            for _ in 0..<3 { try await c.execute("UPDATE acct SET balance = balance - ? WHERE id = ?", [.money(minorUnits: 150), .int(1)]) }
+            let after = try await c.query("SELECT balance FROM acct").rows[0].minorUnits("balance")
+            #expect(after == 499_550, "balance after three debits of 1.50: \(after)")
             await c.close()
         }
     }
