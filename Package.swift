@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "ShardBankConfig",
             dependencies: [
-                "MariaDB", "Etcd",
+                "MariaDB", "Etcd", "Sharding",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 import Foundation
+import Sharding
 
 /// The fields a configuration file may hold, and their JSON types. A file with an unknown field (a
 /// typo) or a value of the wrong type is refused with the field's name, before anything runs.
@@ -62,21 +63,5 @@ enum ConfigurationSchema {
             return underlying ?? context.debugDescription
         }
         return "\(error)"
-    }
-}
-
-/// Just enough JSON to check a configuration file's shape.
-private enum JSONValue: Decodable {
-    case string(String), bool(Bool), integer(Int64), number(Double), array([JSONValue]), object([String: JSONValue]), null
-
-    init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let v = try? c.decode(String.self) { self = .string(v) }
-        else if let v = try? c.decode(Bool.self) { self = .bool(v) }
-        else if let v = try? c.decode(Int64.self) { self = .integer(v) }
-        else if let v = try? c.decode(Double.self) { self = .number(v) }
-        else if let v = try? c.decode([JSONValue].self) { self = .array(v) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
     }
 }
