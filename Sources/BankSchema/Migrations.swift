@@ -85,6 +85,11 @@ public enum BankSchema {
             ) ENGINE=InnoDB
             """,
         ]),
+        // The nodes an account lived on travel with its row, so a retry checking its idempotency key
+        // learns them from the row it locks (no directory read on the fast path).
+        Migration(version: 2, name: "previous nodes on the account row", statements: [
+            "ALTER TABLE account_info ADD COLUMN IF NOT EXISTS previous_nodes VARCHAR(1024) NOT NULL DEFAULT ''",
+        ]),
     ]
 
     /// The newest version this build knows.

@@ -20,13 +20,16 @@ enum AccountSQL {
         var range: String
         var version: Int64
         var createdAt: SQLDateTime
+        /// Nodes the account lived on before (comma-separated), as its directory entry also records.
+        var previousNodes: String = ""
     }
 
-    static let columns = "account_id, customer_name, balance, balance_range, row_version, created_at"
+    static let columns = "account_id, customer_name, balance, balance_range, row_version, created_at, previous_nodes"
 
     static func decode(_ r: MariaDBRow) throws -> Row {
         Row(accountID: try r.int64("account_id"), customerName: try r.string("customer_name"), balance: try r.minorUnits("balance"),
-            range: try r.string("balance_range"), version: try r.int64("row_version"), createdAt: try r.dateTime("created_at"))
+            range: try r.string("balance_range"), version: try r.int64("row_version"), createdAt: try r.dateTime("created_at"),
+            previousNodes: try r.string("previous_nodes"))
     }
 
     /// Reads a row without locking (planning).
@@ -50,9 +53,9 @@ enum AccountSQL {
     }
 
     static func insert(_ c: MariaDBConnection, _ row: Row) async throws {
-        try await c.execute("INSERT INTO account_info (\(columns)) VALUES (?, ?, ?, ?, ?, ?)", [
+        try await c.execute("INSERT INTO account_info (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?)", [
             .int(row.accountID), .string(row.customerName), .money(minorUnits: row.balance), .string(row.range),
-            .int(row.version), .dateTime(row.createdAt),
+            .int(row.version), .dateTime(row.createdAt), .string(row.previousNodes),
         ])
     }
 

@@ -179,6 +179,15 @@ public final class Bank: Sendable {
     /// Plans and runs a balance change of one or more accounts; retries stale plans.
     private func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         var lastError: (any Error)?
+        // Every account last seen on one node: try the one-transaction path first.
+        let hints = locations.withLock { l in changes.map { l[$0.0] } }
+        if let node = hints.first ?? nil, hints.allSatisfy({ $0 == node }) {
+            do {
+                if let result = try await singleNode(kind: kind, key: key, home: home, changes: changes, hash: hash, node: node) { return result }
+            } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
+                lastError = error // fall through to the general path
+            }
+        }
         for attempt in 0..<8 {
             if let replay = try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) { return replay }
             do {
@@ -191,6 +200,88 @@ public final class Bank: Sendable {
             }
         }
         throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastError)
+    }
+
+    /// The common case in one local transaction on `node`, with every row locked first and every
+    /// decision made from the locked rows: the idempotency key, the row locks (one statement), the
+    /// fence (one statement), the new balances, the postings and the decision row. Returns nil —
+    /// having written nothing — when the case is not this simple (an account not on `node`, a balance
+    /// leaving `node`, a home account that lived elsewhere, a range not active here); the general
+    /// path takes over.
+    private func singleNode(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String, node: String) async throws -> MovementResult? {
+        let maps = try self.maps()
+        let ids = changes.map(\.0).sorted()
+        enum Outcome: Sendable { case done(MovementResult), replay, fallback }
+        let outcome: Outcome = try await connections.withConnection(node) { c in
+            try await withTaskExecutorPreference(c.executor) {
+                try await c.begin()
+                do {
+                    if let earlier = try await c.execute("SELECT request_hash FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first {
+                        try await c.rollback()
+                        guard try earlier.string("request_hash") == hash else {
+                            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+                        }
+                        return .replay
+                    }
+                    let placeholders = ids.map { _ in "?" }.joined(separator: ", ")
+                    let rows = try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id IN (\(placeholders)) ORDER BY account_id FOR UPDATE",
+                                                   ids.map(MariaDBValue.int)).rows.map(AccountSQL.decode)
+                    guard rows.count == ids.count, rows.first(where: { $0.accountID == home })?.previousNodes.isEmpty == true else {
+                        try await c.rollback()
+                        return .fallback
+                    }
+                    var updates: [(AccountSQL.Row, Int64, Int64, String)] = [] // row, delta, after, target range
+                    var ranges: Set<String> = []
+                    for row in rows {
+                        let delta = changes.first { $0.0 == row.accountID }!.1
+                        let after = row.balance + delta
+                        guard after >= 0 else {
+                            try await c.rollback()
+                            throw LedgerError(.insufficientFunds, "account \(row.accountID) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
+                        }
+                        let target = try maps.accounts.range(for: after)
+                        guard target.node == node else {
+                            try await c.rollback()
+                            return .fallback
+                        }
+                        ranges.insert(row.range)
+                        ranges.insert(target.id)
+                        updates.append((row, delta, after, target.id))
+                    }
+                    let fence = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
+                                                    ranges.sorted().map(MariaDBValue.string)).rows.first?.int64("n")
+                    guard fence == Int64(ranges.count) else {
+                        try await c.rollback()
+                        return .fallback
+                    }
+                    var balances: [Int64: Money] = [:]
+                    var postings: [MariaDBValue] = []
+                    for (row, delta, after, range) in updates {
+                        try await AccountSQL.update(c, row.accountID, balance: after, range: range)
+                        postings += [.int(row.accountID), .string(key), .money(minorUnits: delta), .money(minorUnits: after)]
+                        balances[row.accountID] = Money(minorUnits: after)
+                    }
+                    // All postings in one statement.
+                    try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES "
+                                        + updates.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "), postings)
+                    try await DecisionRows.insert(DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0,
+                                                                 toAccount: changes.first { $0.1 > 0 }?.0, amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0,
+                                                                 requestHash: hash, participants: [node]), state: .committed, on: c)
+                    try await c.commit()
+                    return .done(MovementResult(transferID: key, balances: balances, replayed: false))
+                } catch let error as LedgerError {
+                    throw error
+                } catch {
+                    if !c.isBroken { _ = try? await c.rollback() }
+                    throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: node, underlying: error)
+                }
+            }
+        }
+        switch outcome {
+        case .done(let result): return result
+        case .fallback: return nil
+        case .replay: return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0))
+        }
     }
 
     static func worthRetrying(_ error: (any Error)?) -> Bool {
@@ -282,6 +373,8 @@ public final class Bank: Sendable {
                 moved.balance = after
                 moved.range = target.id
                 moved.version = row.version + 1
+                let earlier = row.previousNodes.split(separator: ",").map(String.init)
+                moved.previousNodes = (earlier.contains(node) ? earlier : earlier + [node]).joined(separator: ",")
                 let movedRow = moved
                 add(target.node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node)
