@@ -62,6 +62,13 @@ struct BankTests {
             #expect(a.node == "node1" && a.range == "a1")
             #expect(b.node == "node3")
             #expect(try await bank.account(a.id).customerName == "O'Brien \"; DROP TABLE account_info; --")
+            // An account that never moved takes the single-node path: a retry replays, a reused key is refused.
+            let original = try await bank.deposit(b.id, amount: money("1.00"), idempotencyKey: "fp-1")
+            let retry = try await bank.deposit(b.id, amount: money("1.00"), idempotencyKey: "fp-1")
+            #expect(!original.replayed && retry.replayed && retry.balances == original.balances)
+            #expect(try await bank.account(b.id).balance == money("60001.00"))
+            await #expect(throws: LedgerError.self) { try await bank.withdraw(b.id, amount: money("1.00"), idempotencyKey: "fp-1") }
+            _ = try await bank.withdraw(b.id, amount: money("1.00"), idempotencyKey: "fp-2")
             // 9999.00 + 2.00 = 10001.00: the account crosses into node2's range.
             let d = try await bank.deposit(a.id, amount: money("2.00"), idempotencyKey: "dep-1")
             #expect(d.balances[a.id] == money("10001.00"))
