@@ -5,7 +5,8 @@ export PATH="/opt/swift/usr/bin:$PATH"
 bin="$(swift build -c release --show-bin-path)/shardbank"
 [ -x "$bin" ] || swift build -c release --product shardbank
 start_cluster() {
-  dir="$(mktemp -d /tmp/shardbank-bench.XXXXXX)"
+  dir="/tmp/shardbank-bench-$$-$RANDOM"
+  mkdir -p "$dir"
   trap '"$bin" demo down --dir "$dir" >/dev/null 2>&1 || true' EXIT
   "$bin" demo up --dir "$dir" "$@" >/dev/null 2>&1
 }
