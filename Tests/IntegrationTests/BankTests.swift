@@ -171,3 +171,90 @@ struct BankTests {
         }
     }
 }
+
+@Suite("Ledger under faults", .serialized)
+struct BankFaultTests {
+    @Test("16 clients, 2,080 transfers (half across nodes) while node2's mariadbd is killed -9 and restarted: verify clean, nothing contradicted")
+    func participantKilledUnderLoad() async throws {
+        try await withBank { cluster, bank, connections in
+            var byNode: [String: [Int64]] = [:]
+            for (node, balance) in [("node1", "5000.00"), ("node2", "30000.00"), ("node3", "500000.00")] {
+                for i in 0..<20 {
+                    byNode[node, default: []].append(try await bank.openAccount(customerName: "\(node)-\(i)", balance: money(balance), idempotencyKey: "f-\(node)-\(i)").id)
+                }
+            }
+            let before = try await totals(connections)
+            let accounts = byNode
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .seconds(1), interval: .milliseconds(500), logger: testLogger)
+            let dir = cluster.dir
+            struct Told: Sendable { var key: String; var committed: Bool }
+            let told = try await withThrowingTaskGroup(of: [Told].self) { group in
+                group.addTask { try await resolver.run(); return [] }
+                group.addTask {
+                    // The fault: node2 dies a second into the load and comes back two seconds later.
+                    var c = try LocalCluster.load(dir: dir, logger: testLogger)
+                    try await Task.sleep(for: .seconds(1))
+                    try c.kill("node2")
+                    try await Task.sleep(for: .seconds(2))
+                    try await c.restart("node2")
+                    return []
+                }
+                for client in 0..<16 {
+                    group.addTask {
+                        var results: [Told] = []
+                        for i in 0..<130 {
+                            let nodes = accounts.keys.sorted()
+                            let fromNode = nodes.randomElement()!
+                            let toNode = Bool.random() ? fromNode : nodes.filter { $0 != fromNode }.randomElement()!
+                            let from = accounts[fromNode]!.randomElement()!
+                            var to = accounts[toNode]!.randomElement()!
+                            while to == from { to = accounts[toNode]!.randomElement()! }
+                            let key = "load-\(client)-\(i)"
+                            do {
+                                _ = try await bank.transfer(from: from, to: to, amount: Money(minorUnits: Int64.random(in: 1...1000)), idempotencyKey: key)
+                                results.append(Told(key: key, committed: true))
+                            } catch let error as LedgerError where error.code == .outcomeUnknown {
+                                continue // nothing promised either way
+                            } catch {
+                                results.append(Told(key: key, committed: false))
+                            }
+                        }
+                        return results
+                    }
+                }
+                var all: [Told] = []
+                var finished = 0
+                while let r = try await group.next() {
+                    all += r
+                    finished += 1
+                    if finished == 17 { group.cancelAll() } // loads and the fault done: stop the resolver
+                }
+                return all
+            }
+            print("under fault: \(told.filter(\.committed).count) committed, \(told.filter { !$0.committed }.count) refused, \(2_080 - told.count) outcome unknown")
+            #expect(told.count >= 2_000)
+            #expect(told.filter(\.committed).count > 1_000, "committed: \(told.filter(\.committed).count)")
+            // The resolver of a fresh pass finishes whatever is still prepared.
+            let end = ContinuousClock.now + .seconds(15)
+            var prepared = 1
+            while prepared > 0 && ContinuousClock.now < end {
+                await resolver.resolveOnce()
+                prepared = 0
+                for node in connections.nodes { prepared += (try? await connections.withConnection(node) { try await $0.xaRecover() }.count) ?? 1 }
+                if prepared > 0 { try await Task.sleep(for: .milliseconds(500)) }
+            }
+            #expect(prepared == 0)
+            let after = try await totals(connections)
+            #expect(after.balances == before.balances)
+            #expect(after.balances == after.journal)
+            // What each client was told stands.
+            for t in told {
+                let state = try? await bank.transferRecord(t.key).state
+                if t.committed { #expect(state == "committed", "\(t.key) was reported committed, is \(state ?? "absent")") }
+                else { #expect(state != "committed", "\(t.key) was reported failed, is committed") }
+            }
+            let report = try await LedgerVerifier(connections: connections, maps: LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())).run()
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+}
