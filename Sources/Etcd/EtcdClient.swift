@@ -22,7 +22,11 @@ public final class EtcdClient: Sendable {
         var selector: EndpointSelector
         var token: String?
         var isShutDown = false
+        var authentications = 0
     }
+
+    /// How many times the client obtained a token (1 at first use; more after expiries).
+    public var authentications: Int { state.withLock { $0.authentications } }
 
     public init(configuration: EtcdConfiguration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.configuration = configuration
@@ -193,6 +197,7 @@ public final class EtcdClient: Sendable {
             switch error.grpcCode {
             case 16 where !reauthenticated && configuration.username != nil:
                 // The token expired: authenticate again, once. The request was refused, so it is safe to resend.
+                logger.debug("etcd token no longer valid; authenticating again", metadata: ["endpoint": "\(endpoint)"])
                 reauthenticated = true
                 state.withLock { $0.token = nil }
                 attempts -= 1
@@ -237,7 +242,10 @@ public final class EtcdClient: Sendable {
                 }
                 let auth: WireAuthResponse = try decode(answer.body, endpoint: endpoint)
                 guard let token = auth.token else { throw EtcdError(code: .protocolError, message: "authenticate answered without a token", endpoint: endpoint) }
-                state.withLock { $0.token = token }
+                state.withLock {
+                    $0.token = token
+                    $0.authentications += 1
+                }
                 endpointSucceeded(index)
                 return token
             } catch {

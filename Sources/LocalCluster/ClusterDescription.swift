@@ -19,9 +19,11 @@ public struct ClusterDescription: Codable, Sendable {
         /// `name=peerURL,…`, needed to restart a member.
         public var initialCluster: String
         public var clusterToken: String
+        /// Extra etcd flags every member starts with (tests: e.g. a short `--auth-token-ttl`).
+        public var extraArguments: [String]?
 
         enum CodingKeys: String, CodingKey {
-            case endpoints, members, initialCluster = "initial_cluster", clusterToken = "cluster_token"
+            case endpoints, members, initialCluster = "initial_cluster", clusterToken = "cluster_token", extraArguments = "extra_arguments"
         }
     }
 

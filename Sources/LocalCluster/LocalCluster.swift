@@ -59,7 +59,7 @@ public struct LocalCluster: Sendable {
 
     /// Starts `nodes` + `spare` MariaDB servers and an `etcdMembers`-member etcd under `dir`, and
     /// returns once every one answers. On failure, stops whatever it started.
-    public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, logger: Logger,
+    public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, etcdArguments: [String] = [], logger: Logger,
                              progress: @Sendable (String) -> Void = { _ in }) async throws -> LocalCluster {
         try checkPrograms()
         let fm = FileManager.default
@@ -80,7 +80,8 @@ public struct LocalCluster: Sendable {
         let initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
         var description = ClusterDescription(
             dir: root,
-            etcd: .init(endpoints: members.map(\.clientURL), members: members, initialCluster: initialCluster, clusterToken: token),
+            etcd: .init(endpoints: members.map(\.clientURL), members: members, initialCluster: initialCluster, clusterToken: token,
+                        extraArguments: etcdArguments.isEmpty ? nil : etcdArguments),
             nodes: [])
         for i in stride(from: 1, through: nodes + spare, by: 1) {
             let id = "node\(i)"
@@ -166,7 +167,7 @@ public struct LocalCluster: Sendable {
             "--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
             "--initial-cluster", description.etcd.initialCluster, "--initial-cluster-token", description.etcd.clusterToken,
             "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", "stderr",
-        ], logFile: m.logFile)
+        ] + (description.etcd.extraArguments ?? []), logFile: m.logFile)
     }
 
     /// A root connection over the node's Unix socket (root has no password and no TCP access).

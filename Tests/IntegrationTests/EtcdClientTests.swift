@@ -156,7 +156,8 @@ struct EtcdClientTests {
 
     @Test("auth: a wrong password is refused clearly; the right one works and an expired token is renewed")
     func auth() async throws {
-        try await withCluster(nodes: 0, etcd: 1) { cluster in
+        // Tokens of this member expire after 2 s unused.
+        try await withCluster(nodes: 0, etcd: 1, etcdArguments: ["--auth-token-ttl", "2"]) { cluster in
             let endpoint = cluster.description.etcd.endpoints[0]
             try enableAuth(endpoint: endpoint, rootPassword: "rootpw", dir: cluster.dir)
             try await withEtcd(cluster, username: "root", password: "wrong-password-123") { wrong in
@@ -174,10 +175,16 @@ struct EtcdClientTests {
             try await withEtcd(cluster, username: "root", password: "rootpw") { right in
                 try await right.put("/a", "1")
                 #expect(try await right.get("/a")?.stringValue == "1")
-                // Tokens expire after --auth-token-ttl (300 s default); restarting the member drops every
-                // simple token at once, which the client must survive by authenticating again.
-                try await cluster.restart("etcd1")
+                #expect(right.authentications == 1)
+                // Let the token expire: the next calls must authenticate again by themselves.
+                try await Task.sleep(for: .seconds(4))
                 #expect(try await right.get("/a")?.stringValue == "1")
+                try await right.put("/a", "2")
+                #expect(right.authentications == 2)
+                // A restart drops every simple token at once: survived the same way.
+                try await cluster.restart("etcd1")
+                #expect(try await right.get("/a")?.stringValue == "2")
+                #expect(right.authentications == 3)
             }
         }
     }
