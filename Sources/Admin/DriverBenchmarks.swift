@@ -1,5 +1,6 @@
 import Etcd
 import MariaDB
+import Sharding
 
 /// Micro-benchmarks of the two drivers, to compare with sysbench and `etcdctl check perf`.
 public enum DriverBenchmarks {
@@ -46,16 +47,14 @@ public enum DriverBenchmarks {
     }
 }
 
-/// SplitMix64 as a tiny per-client random source for load generators (not for anything secret).
+/// SplitMix64 as a tiny per-client random source for load generators (not for anything secret):
+/// the generator's output is `DirectoryHash.mix64` of its running state.
 /// `@unchecked Sendable`: each instance is used by exactly one client task.
 final class SplitMix: @unchecked Sendable {
     private var state: UInt64
     init(seed: UInt64) { state = seed }
     func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        defer { state &+= 0x9E37_79B9_7F4A_7C15 }
+        return DirectoryHash.mix64(state)
     }
 }

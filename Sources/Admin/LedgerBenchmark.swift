@@ -2,6 +2,7 @@ import Foundation
 import Ledger
 import MariaDB
 import Sharding
+import Synchronization
 
 /// `shardbank bench`: a TPC-B-like load (pgbench's tpcb-like is the model) on the ledger — transfers
 /// (a share of them across nodes), deposits and reads by N concurrent clients — and, with
@@ -136,14 +137,8 @@ public struct LedgerBenchmark: Sendable {
     }
 }
 
-/// A shared counter for unique idempotency keys. `@unchecked Sendable`: guarded by the lock.
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    func next() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value += 1
-        return value
-    }
+/// A shared counter for unique idempotency keys.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    func next() -> Int { value.wrappingAdd(1, ordering: .relaxed).newValue }
 }

@@ -133,13 +133,27 @@ public final class Bank: Sendable {
             try await c.execute("SELECT state, request_hash, to_account FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
         }
         guard let row else { return nil }
+        try requireCommittedEarlier(row, key: key, hash: hash)
+        guard let id = try row.optionalInt64("to_account") else {
+            throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) recorded no account; send the request again with a new key")
+        }
+        return try await account(id)
+    }
+
+    /// An earlier decision row for this key: the same request, and committed — else the answer says why not.
+    private func requireCommittedEarlier(_ row: MariaDBRow, key: String, hash: String) throws {
         guard try row.string("request_hash") == hash else {
             throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
         }
-        guard try row.string("state") == DecisionState.committed.rawValue, let id = try row.optionalInt64("to_account") else {
+        guard try row.string("state") == DecisionState.committed.rawValue else {
             throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
         }
-        return try await account(id)
+    }
+
+    /// The decision row of a balance change.
+    private func movementDecision(kind: String, key: String, changes: [(Int64, Int64)], hash: String, participants: [String]) -> DecisionRecord {
+        DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0, toAccount: changes.first { $0.1 > 0 }?.0,
+                       amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0, requestHash: hash, participants: participants)
     }
 
     /// Adds `amount` (> 0) to an account.
@@ -264,9 +278,8 @@ public final class Bank: Sendable {
                     // All postings in one statement.
                     try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES "
                                         + updates.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "), postings)
-                    try await DecisionRows.insert(DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0,
-                                                                 toAccount: changes.first { $0.1 > 0 }?.0, amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0,
-                                                                 requestHash: hash, participants: [node]), state: .committed, on: c)
+                    try await DecisionRows.insert(movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: [node]),
+                                                  state: .committed, on: c)
                     try await c.commit()
                     return .done(MovementResult(transferID: key, balances: balances, replayed: false))
                 } catch let error as LedgerError {
@@ -294,22 +307,14 @@ public final class Bank: Sendable {
     /// A committed (or aborted) earlier attempt with this key, looked up on every node the home
     /// account has lived on.
     private func previousOutcome(key: String, home: Int64, hash: String, accounts: [Int64]) async throws -> MovementResult? {
-        let maps = try self.maps()
-        let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: home)).node
-        guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, home) }) else {
-            throw LedgerError(.notFound, "account \(home) does not exist")
-        }
-        for node in [entry.node] + entry.previousNodes {
+        let homeNodes = try await nodesOf(home)
+        guard !homeNodes.isEmpty else { throw LedgerError(.notFound, "account \(home) does not exist") }
+        for node in homeNodes {
             let row = try await connections.withConnection(node) { c in
                 try await c.execute("SELECT state, request_hash FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
             }
             guard let row else { continue }
-            guard try row.string("request_hash") == hash else {
-                throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
-            }
-            guard try row.string("state") == DecisionState.committed.rawValue else {
-                throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
-            }
+            try requireCommittedEarlier(row, key: key, hash: hash)
             // The balances it left, from its journal entries wherever the accounts lived.
             var balances: [Int64: Money] = [:]
             for account in accounts {
@@ -387,8 +392,7 @@ public final class Bank: Sendable {
                 }
             }
         }
-        let decision = DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0, toAccount: changes.first { $0.1 > 0 }?.0,
-                                      amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0, requestHash: hash, participants: order)
+        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
         try await commit(decision, work: work, order: order, commitPoint: homeNode)
         return MovementResult(transferID: key, balances: balances, replayed: false)
     }

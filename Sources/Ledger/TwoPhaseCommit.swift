@@ -9,7 +9,8 @@ public struct DecisionRecord: Sendable {
     public var fromAccount: Int64?
     public var toAccount: Int64?
     public var amountMinorUnits: Int64
-    /// SHA-256 (hex) of the request, to refuse a reused idempotency key with a different body.
+    /// A fingerprint of the request (64 hex digits, from `Bank`), to refuse a reused idempotency key
+    /// with a different body. Not a secret and not cryptographic: it only tells requests apart.
     public var requestHash: String
     public var participants: [String]
 
