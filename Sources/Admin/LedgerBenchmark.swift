@@ -1,5 +1,6 @@
 import Foundation
 import Ledger
+import Logging
 import MariaDB
 import Sharding
 import Synchronization
@@ -91,47 +92,72 @@ public struct LedgerBenchmark: Sendable {
         }
     }
 
-    /// The baseline: the same transfer transaction, hand-written SQL on one node, no routing, fence,
-    /// idempotency or 2PC; one plain connection per client, on that connection's thread. It runs on
-    /// scratch copies of the two tables (`bench_account_info`, `bench_journal`, dropped afterwards),
-    /// so the ledger's own rows and invariants are untouched.
-    public static func baseline(configuration: MariaDBConfiguration, accounts count: Int, options: Options, progress: (@Sendable (String) -> Void)?) async throws -> LatencySummary {
+    /// The baseline: the ledger's single-node transactions, statement for statement, straight on one
+    /// node with plain SQL — no routing, fence, hints or 2PC — under the same mix as ``run``. A transfer
+    /// is the decision row (a plain insert, where the ledger's also fences), both rows locked, both
+    /// balances in one update, both postings in one insert, commit; a deposit the same for one row; a
+    /// read one primary-key select. It runs on scratch copies of the tables (`bench_account_info`,
+    /// `bench_journal`, `bench_transfers`, dropped afterwards), so the ledger's own rows and invariants
+    /// are untouched.
+    public static func baseline(configuration: MariaDBConfiguration, accounts count: Int, options: Options,
+                                logger: Logger, progress: (@Sendable (String) -> Void)?) async throws -> LatencySummary {
         let setup = try await MariaDBConnection.connect(configuration: configuration)
-        try await setup.query("DROP TABLE IF EXISTS bench_account_info, bench_journal")
-        try await setup.query("CREATE TABLE bench_account_info LIKE account_info")
-        try await setup.query("CREATE TABLE bench_journal LIKE journal")
-        for id in 1...Int64(max(count, 2)) {
+        try await setup.query("DROP TABLE IF EXISTS bench_account_info, bench_journal, bench_transfers")
+        for table in ["account_info", "journal", "transfers"] { try await setup.query("CREATE TABLE bench_\(table) LIKE \(table)") }
+        let ids = Array(1...Int64(max(count, 2)))
+        for id in ids {
             try await setup.execute("INSERT INTO bench_account_info (account_id, customer_name, balance, balance_range) VALUES (?, 'baseline', 5000.00, 'a1')", [.int(id)])
         }
-        let accounts = Array(1...Int64(max(count, 2)))
-        var connections: [MariaDBConnection] = []
-        for _ in 0..<options.clients { connections.append(try await MariaDBConnection.connect(configuration: configuration)) }
-        let pool = connections
-        let run = UUID().uuidString.prefix(8)
-        let counter = Counter()
-        let summary = await LoadRunner.run(clients: options.clients, duration: options.duration, progress: progress, executor: { pool[$0].executor }) { client in
-            let c = pool[client]
-            let a = accounts.randomElement()!
-            var b = accounts.randomElement()!
-            while b == a { b = accounts.randomElement()! }
-            let amount = Int64.random(in: 1...1000)
-            let key = "base\(run)-\(client)-\(counter.next())"
-            do {
-                try await c.begin()
-                // Lock both rows in ascending id order (as the ledger does), then move a → b.
-                _ = try await c.execute("SELECT balance FROM bench_account_info WHERE account_id IN (?, ?) ORDER BY account_id FOR UPDATE", [.int(min(a, b)), .int(max(a, b))])
-                try await c.execute("UPDATE bench_account_info SET balance = balance - ? WHERE account_id = ?", [.money(minorUnits: amount), .int(a)])
-                try await c.execute("UPDATE bench_account_info SET balance = balance + ? WHERE account_id = ?", [.money(minorUnits: amount), .int(b)])
-                try await c.execute("INSERT INTO bench_journal (account_id, transfer_id, amount, balance_after) VALUES (?, ?, ?, 0)", [.int(a), .string(key), .money(minorUnits: -amount)])
-                try await c.execute("INSERT INTO bench_journal (account_id, transfer_id, amount, balance_after) VALUES (?, ?, ?, 0)", [.int(b), .string(key), .money(minorUnits: amount)])
-                try await c.commit()
-            } catch {
-                _ = try? await c.rollback()
-                throw error
+        let pool = MariaDBPool(configuration: configuration, options: .init(maxConnections: options.clients), logger: logger)
+        let hash = MariaDBValue.string(String(repeating: "0", count: 64))
+        // One movement: decision row, lock, update, postings, commit.
+        @Sendable func move(_ changes: [(Int64, Int64)], kind: String, key: String, from: Int64?, to: Int64?, amount: Money) async throws {
+            try await pool.withConnection { c in
+                try await withTaskExecutorPreference(c.executor) {
+                    try await c.begin()
+                    do {
+                        try await c.execute("INSERT INTO bench_transfers (transfer_id, kind, state, from_account, to_account, amount, request_hash, participants) VALUES (?, ?, 'committed', ?, ?, ?, ?, 'node1')",
+                                            [.string(key), .string(kind), from.map(MariaDBValue.int) ?? .null, to.map(MariaDBValue.int) ?? .null, .money(minorUnits: amount.minorUnits), hash])
+                        let sorted = changes.map(\.0).sorted()
+                        let rows = try await c.execute("SELECT account_id, balance FROM bench_account_info WHERE account_id IN (\(sorted.map { _ in "?" }.joined(separator: ", "))) ORDER BY account_id FOR UPDATE",
+                                                       sorted.map(MariaDBValue.int)).rows
+                        var after: [(id: Int64, delta: Int64, balance: Int64)] = []
+                        for row in rows {
+                            let id = try row.int64("account_id")
+                            let delta = changes.first { $0.0 == id }!.1
+                            after.append((id, delta, try row.minorUnits("balance") + delta))
+                        }
+                        if after.count == 1 {
+                            try await c.execute("UPDATE bench_account_info SET balance = ?, balance_range = 'a1', row_version = row_version + 1 WHERE account_id = ?",
+                                                [.money(minorUnits: after[0].balance), .int(after[0].id)])
+                        } else {
+                            let cases = after.map { _ in "WHEN ? THEN ?" }.joined(separator: " ")
+                            try await c.execute("UPDATE bench_account_info SET balance = CASE account_id \(cases) END, balance_range = CASE account_id \(cases) END, row_version = row_version + 1 WHERE account_id IN (\(after.map { _ in "?" }.joined(separator: ", ")))",
+                                                after.flatMap { [MariaDBValue.int($0.id), .money(minorUnits: $0.balance)] } + after.flatMap { [MariaDBValue.int($0.id), .string("a1")] } + after.map { .int($0.id) })
+                        }
+                        try await c.execute("INSERT INTO bench_journal (account_id, transfer_id, amount, balance_after) VALUES " + after.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "),
+                                            after.flatMap { [MariaDBValue.int($0.id), .string(key), .money(minorUnits: $0.delta), .money(minorUnits: $0.balance)] })
+                        try await c.commit()
+                    } catch {
+                        if !c.isBroken { _ = try? await c.rollback() }
+                        throw error
+                    }
+                }
             }
-        } errorCode: { error in (error as? MariaDBError).map { "\($0.code.rawValue) \($0.errorNumber ?? 0)" } ?? "\(error)" }
-        for c in connections { await c.close() }
-        try await setup.query("DROP TABLE IF EXISTS bench_account_info, bench_journal")
+        }
+        let client = Client(
+            transfer: { from, to, amount, key in try await move([(from, -amount.minorUnits), (to, amount.minorUnits)], kind: "transfer", key: key, from: from, to: to, amount: amount) },
+            deposit: { account, amount, key in try await move([(account, amount.minorUnits)], kind: "deposit", key: key, from: nil, to: account, amount: amount) },
+            read: { account in
+                _ = try await pool.withConnection { c in
+                    try await withTaskExecutorPreference(c.executor) {
+                        try await c.execute("SELECT account_id, customer_name, balance, balance_range, row_version, created_at, previous_nodes FROM bench_account_info WHERE account_id = ?", [.int(account)]).rows.first
+                    }
+                }
+            })
+        let summary = await run(client: client, accounts: ["node1": ids], options: Options(clients: options.clients, duration: options.duration, crossNode: 0), progress: progress)
+        await pool.shutdown()
+        try await setup.query("DROP TABLE IF EXISTS bench_account_info, bench_journal, bench_transfers")
         await setup.close()
         return summary
     }

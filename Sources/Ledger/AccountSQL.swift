@@ -52,6 +52,29 @@ enum AccountSQL {
                             [.money(minorUnits: balance), .string(range), .int(id)])
     }
 
+    /// Several rows' balances and ranges in one statement (the rows are locked already).
+    static func update(_ c: MariaDBConnection, _ changes: [(id: Int64, balance: Int64, range: String)]) async throws {
+        guard changes.count > 1 else {
+            if let only = changes.first { try await update(c, only.id, balance: only.balance, range: only.range) }
+            return
+        }
+        let cases = changes.map { _ in "WHEN ? THEN ?" }.joined(separator: " ")
+        let ids = changes.map { _ in "?" }.joined(separator: ", ")
+        try await c.execute("""
+            UPDATE account_info SET balance = CASE account_id \(cases) END, balance_range = CASE account_id \(cases) END,
+              row_version = row_version + 1 WHERE account_id IN (\(ids))
+            """, changes.flatMap { [MariaDBValue.int($0.id), .money(minorUnits: $0.balance)] }
+                + changes.flatMap { [MariaDBValue.int($0.id), .string($0.range)] }
+                + changes.map { .int($0.id) })
+    }
+
+    /// Postings in one statement.
+    static func journal(_ c: MariaDBConnection, transferID: String, postings: [(account: Int64, amount: Int64, balanceAfter: Int64)]) async throws {
+        try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES "
+                            + postings.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "),
+                            postings.flatMap { [MariaDBValue.int($0.account), .string(transferID), .money(minorUnits: $0.amount), .money(minorUnits: $0.balanceAfter)] })
+    }
+
     static func insert(_ c: MariaDBConnection, _ row: Row) async throws {
         try await c.execute("INSERT INTO account_info (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?)", [
             .int(row.accountID), .string(row.customerName), .money(minorUnits: row.balance), .string(row.range),

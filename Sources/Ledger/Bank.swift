@@ -46,8 +46,12 @@ public final class Bank: Sendable {
     let nextAccountID: @Sendable () async throws -> Int64
     let logger: Logger
     let twoPhase: TwoPhaseCommit
-    /// account id → node of its data row, as last seen. A hint: always verified on the node.
-    private let locations = Mutex<[Int64: String]>([:])
+    /// Where an account's row was last seen. A hint: always verified on the node.
+    struct Location: Sendable {
+        var node: String
+        var range: String
+    }
+    private let locations = Mutex<[Int64: Location]>([:])
 
     public init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
                 nextAccountID: @escaping @Sendable () async throws -> Int64, logger: Logger,
@@ -71,7 +75,7 @@ public final class Bank: Sendable {
     func locate(_ id: Int64) async throws -> (AccountSQL.Row, String) {
         let maps = try self.maps()
         for attempt in 0..<6 {
-            if let hint = locations.withLock({ $0[id] }),
+            if let hint = locations.withLock({ $0[id]?.node }),
                let row = try await connections.withConnection(hint, { try await AccountSQL.read($0, id) }) {
                 return (row, hint)
             }
@@ -80,7 +84,7 @@ public final class Bank: Sendable {
                 throw LedgerError(.notFound, "account \(id) does not exist")
             }
             if let row = try await connections.withConnection(entry.node, { try await AccountSQL.read($0, id) }) {
-                locations.withLock { $0[id] = entry.node }
+                locations.withLock { $0[id] = Location(node: entry.node, range: row.range) }
                 return (row, entry.node)
             }
             // Moving right now: the directory commits with the row, so look again shortly.
@@ -124,7 +128,7 @@ public final class Bank: Sendable {
             if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
             throw error
         }
-        locations.withLock { $0[id] = range.node }
+        locations.withLock { $0[id] = Location(node: range.node, range: range.id) }
         return Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node)
     }
 
@@ -195,9 +199,10 @@ public final class Bank: Sendable {
         var lastError: (any Error)?
         // Every account last seen on one node: try the one-transaction path first.
         let hints = locations.withLock { l in changes.map { l[$0.0] } }
-        if let node = hints.first ?? nil, hints.allSatisfy({ $0 == node }) {
+        if let node = hints.first??.node, hints.allSatisfy({ $0?.node == node }) {
+            let ranges = Set(hints.compactMap { $0?.range }).sorted()
             do {
-                if let result = try await singleNode(kind: kind, key: key, home: home, changes: changes, hash: hash, node: node) { return result }
+                if let result = try await singleNode(kind: kind, key: key, home: home, changes: changes, hash: hash, node: node, ranges: ranges) { return result }
             } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
                 lastError = error // fall through to the general path
             }
@@ -216,26 +221,33 @@ public final class Bank: Sendable {
         throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastError)
     }
 
-    /// The common case in one local transaction on `node`, with every row locked first and every
-    /// decision made from the locked rows: the idempotency key, the row locks (one statement), the
-    /// fence (one statement), the new balances, the postings and the decision row. Returns nil —
-    /// having written nothing — when the case is not this simple (an account not on `node`, a balance
-    /// leaving `node`, a home account that lived elsewhere, a range not active here); the general
-    /// path takes over.
-    private func singleNode(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String, node: String) async throws -> MovementResult? {
+    /// The common case in one local transaction on `node`, every decision made from locked rows, in
+    /// five statements: the decision row (which is also the idempotency check and the fence of the
+    /// ranges the rows were last seen in), the row locks, the new balances, the postings, the commit.
+    /// Returns nil — having written nothing — when the case is not this simple (an account not on
+    /// `node`, a balance leaving `node`, a home account that lived elsewhere, a range not active
+    /// here); the general path takes over.
+    private func singleNode(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String, node: String,
+                            ranges hinted: [String]) async throws -> MovementResult? {
         let maps = try self.maps()
         let ids = changes.map(\.0).sorted()
-        enum Outcome: Sendable { case done(MovementResult), replay, fallback }
+        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: [node])
+        enum Outcome: Sendable { case done(MovementResult, [Int64: Location]), replay, fallback }
         let outcome: Outcome = try await connections.withConnection(node) { c in
             try await withTaskExecutorPreference(c.executor) {
                 try await c.begin()
                 do {
-                    if let earlier = try await c.execute("SELECT request_hash FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first {
+                    let fenced: Bool
+                    do throws(MariaDBError) {
+                        fenced = try await DecisionRows.insertFenced(decision, ranges: hinted, on: c)
+                    } catch {
+                        guard error.errorNumber == 1062 else { throw error }
                         try await c.rollback()
-                        guard try earlier.string("request_hash") == hash else {
-                            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
-                        }
                         return .replay
+                    }
+                    guard fenced else {
+                        try await c.rollback()
+                        return .fallback
                     }
                     let placeholders = ids.map { _ in "?" }.joined(separator: ", ")
                     let rows = try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id IN (\(placeholders)) ORDER BY account_id FOR UPDATE",
@@ -244,8 +256,9 @@ public final class Bank: Sendable {
                         try await c.rollback()
                         return .fallback
                     }
-                    var updates: [(AccountSQL.Row, Int64, Int64, String)] = [] // row, delta, after, target range
-                    var ranges: Set<String> = []
+                    var updates: [(id: Int64, balance: Int64, range: String)] = []
+                    var postings: [(account: Int64, amount: Int64, balanceAfter: Int64)] = []
+                    var needed: Set<String> = []
                     for row in rows {
                         let delta = changes.first { $0.0 == row.accountID }!.1
                         let after = row.balance + delta
@@ -258,30 +271,28 @@ public final class Bank: Sendable {
                             try await c.rollback()
                             return .fallback
                         }
-                        ranges.insert(row.range)
-                        ranges.insert(target.id)
-                        updates.append((row, delta, after, target.id))
+                        needed.insert(row.range)
+                        needed.insert(target.id)
+                        updates.append((row.accountID, after, target.id))
+                        postings.append((row.accountID, delta, after))
                     }
-                    let fence = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
-                                                    ranges.sorted().map(MariaDBValue.string)).rows.first?.int64("n")
-                    guard fence == Int64(ranges.count) else {
-                        try await c.rollback()
-                        return .fallback
+                    // Ranges the hints did not name (a row that moved range, a balance crossing into a
+                    // neighbouring range of this node) are fenced by one more read.
+                    let missing = needed.subtracting(hinted).sorted()
+                    if !missing.isEmpty {
+                        let active = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(missing.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
+                                                         missing.map(MariaDBValue.string)).rows.first?.int64("n")
+                        guard active == Int64(missing.count) else {
+                            try await c.rollback()
+                            return .fallback
+                        }
                     }
-                    var balances: [Int64: Money] = [:]
-                    var postings: [MariaDBValue] = []
-                    for (row, delta, after, range) in updates {
-                        try await AccountSQL.update(c, row.accountID, balance: after, range: range)
-                        postings += [.int(row.accountID), .string(key), .money(minorUnits: delta), .money(minorUnits: after)]
-                        balances[row.accountID] = Money(minorUnits: after)
-                    }
-                    // All postings in one statement.
-                    try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES "
-                                        + updates.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "), postings)
-                    try await DecisionRows.insert(movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: [node]),
-                                                  state: .committed, on: c)
+                    try await AccountSQL.update(c, updates)
+                    try await AccountSQL.journal(c, transferID: key, postings: postings)
                     try await c.commit()
-                    return .done(MovementResult(transferID: key, balances: balances, replayed: false))
+                    let balances = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, Money(minorUnits: $0.balance)) })
+                    let seen = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, Location(node: node, range: $0.range)) })
+                    return .done(MovementResult(transferID: key, balances: balances, replayed: false), seen)
                 } catch let error as LedgerError {
                     throw error
                 } catch {
@@ -291,7 +302,9 @@ public final class Bank: Sendable {
             }
         }
         switch outcome {
-        case .done(let result): return result
+        case .done(let result, let seen):
+            locations.withLock { l in l.merge(seen) { $1 } }
+            return result
         case .fallback: return nil
         case .replay: return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0))
         }

@@ -44,6 +44,25 @@ enum DecisionRows {
             ])
     }
 
+    /// Inserts a committed decision row only if every accounts-map range in `ranges` is active on this
+    /// node. One statement is both the idempotency check (a second attempt with the key fails with
+    /// 1062) and the fence: `INSERT … SELECT` reads `range_ownership` with shared locks, as the fence
+    /// read does, so a range handover waits for this transaction. Returns false (nothing written)
+    /// when a range is not active here.
+    static func insertFenced(_ record: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
+        let result = try await c.execute("""
+            INSERT INTO transfers (transfer_id, kind, state, from_account, to_account, amount, request_hash, participants)
+            SELECT ?, ?, 'committed', ?, ?, ?, ?, ? FROM range_ownership
+            WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", ")))
+            HAVING COUNT(*) = ?
+            """, [
+                .string(record.transferID), .string(record.kind),
+                record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
+                .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ",")),
+            ] + ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+        return result.affectedRows == 1
+    }
+
     /// Presumed abort made explicit: the row that stops a late coordinator from committing.
     static func insertAborted(transferID: String, on c: MariaDBConnection) async throws(MariaDBError) {
         try await insert(DecisionRecord(transferID: transferID, kind: "unknown", amountMinorUnits: 0, requestHash: "", participants: []),

@@ -21,19 +21,24 @@ struct Bench: AsyncParsableCommand {
                 80 % transfers (--cross-node of them between accounts on different nodes), 10 % deposits,
                 10 % reads, on accounts opened for the run in the middle of each node's range. Through the
                 library (in this process) or, with --http, through the running service's API. With
-                --baseline, the same transfer transaction also runs as plain SQL on node1 for the ratio.
+                --baseline, the same mix then runs as plain SQL on node1 — the ledger's single-node
+                statements without routing, fence or two-phase commit, on scratch tables — for the ratio.
                 """)
         @OptionGroup var options: ConfigOptions
         @OptionGroup var common: Common
         @Option(help: "Concurrent clients.") var clients = 16
         @Option(help: "Share of transfers across nodes, 0 to 1.") var crossNode = 0.5
         @Option(help: "Accounts opened per node for the run.") var accountsPerNode = 100
+        @Option(help: ArgumentHelp("Run the mix only on this node's accounts (needs --cross-node 0).",
+                                   discussion: "With --baseline on node1, --only-node node1 compares the ledger and plain SQL on the same node."))
+        var onlyNode: String?
         @Flag(help: "Go through the HTTP API of the running service (http.host:http.port).") var http = false
-        @Flag(help: "Also run the same transfers as plain SQL on node1, for the ratio.") var baseline = false
+        @Flag(help: "Also run the same mix as plain SQL on node1, for the ratio.") var baseline = false
 
         func validate() throws {
             guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
             guard (1...1024).contains(clients) else { throw ValidationError("--clients must be between 1 and 1024") }
+            guard onlyNode == nil || crossNode == 0 else { throw ValidationError("--only-node runs on one node's accounts: give --cross-node 0 with it") }
         }
 
         func run() async throws {
@@ -45,17 +50,23 @@ struct Bench: AsyncParsableCommand {
                 do {
                     let snapshot = runtime.cache.snapshot
                     let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
-                    let accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
+                    var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
+                    if let onlyNode {
+                        guard let ids = accounts[onlyNode] else {
+                            throw CLIError("--only-node \(onlyNode) holds no range of the accounts map; nodes with ranges: \(accounts.keys.sorted().joined(separator: ", "))")
+                        }
+                        accounts = [onlyNode: ids]
+                    }
                     let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode)
                     let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
                     let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
                     try await client.shutdown()
                     try printSummary(summary, label: "ledger \(http ? "http" : "library") clients=\(clients) cross-node=\(crossNode)", json: common.json)
                     if baseline, let node1 = snapshot.nodes["node1"], let ids = accounts["node1"] {
-                        progress?("baseline: the same transfers as plain SQL on node1")
+                        progress?("baseline: the same mix as plain SQL on node1")
                         let base = try await LedgerBenchmark.baseline(
                             configuration: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
-                            accounts: ids.count, options: options, progress: progress)
+                            accounts: ids.count, options: options, logger: logger, progress: progress)
                         try printSummary(base, label: "baseline plain SQL on node1 clients=\(clients)", json: common.json)
                         if !common.json { print(String(format: "ratio ledger/baseline: %.2f", summary.throughput / max(base.throughput, 1))) }
                     }

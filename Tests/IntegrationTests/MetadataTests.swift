@@ -82,10 +82,16 @@ struct MetadataTests {
                 let store = MetadataStore(etcd: etcd, keys: keys)
                 _ = try await store.saveMap(SeedLayout.accountsMap(), as: .accounts, expectedRevision: 0)
                 try await store.register(NodeInfo(id: "node1", host: "127.0.0.1", port: 1, database: "bank_db"))
-                // Each watcher has its own client, as separate processes would.
-                let clients = (0..<3).map { _ in etcdClient(cluster) }
+                // Each watcher has its own client, as separate processes would. Their hang checks run
+                // every 3 s, so the compaction below (milliseconds after the hang) is always first.
+                let clients = (0..<3).map { _ in
+                    EtcdClient(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints,
+                                                                watchHealthInterval: .seconds(3)), logger: testLogger)
+                }
                 let caches = clients.map { MetadataCache(store: MetadataStore(etcd: $0, keys: keys), logger: testLogger) }
-                try await withThrowingTaskGroup(of: Void.self) { group in
+                defer { try? cluster.resume("etcd1") }
+                var failure: (any Error)?
+                do { try await withThrowingTaskGroup(of: Void.self) { group in
                     for cache in caches { group.addTask { try await cache.run() } }
                     for cache in caches { _ = try await cache.waitUntil(timeout: .seconds(5)) { $0.accounts?.map.version == 1 && $0.nodes["node1"] != nil } }
 
@@ -104,24 +110,28 @@ struct MetadataTests {
                     #expect(delays.allSatisfy { $0 < .milliseconds(100) }, "delays: \(delays)")
 
                     // Lost stream + compaction: hang the member every watch uses (SIGSTOP: its sockets stay
-                    // open and silent), change things and compact through the others before the
-                    // watches' health checks (1 s) notice; they must then resume by reloading.
+                    // open and silent), change things and compact through a client of the other members
+                    // before the watches' hang checks notice; they must then resume by reloading.
                     let before = caches.map(\.snapshot.reloads)
+                    let others = Array(cluster.description.etcd.endpoints.dropFirst())
                     try cluster.pause("etcd1")
-                    _ = try await etcd.get("/cache/x") // times out on etcd1, moves this client on
-                    try await store.register(NodeInfo(id: "node2", host: "127.0.0.1", port: 2, database: "bank_db"))
-                    try await etcd.delete(.key(keys.nodeInfo("node1")))
-                    let last = try await etcd.put("/cache/filler", "x")
-                    try await etcd.compact(revision: last)
+                    try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: others), logger: testLogger) { writer in
+                        try await MetadataStore(etcd: writer, keys: keys)
+                            .register(NodeInfo(id: "node2", host: "127.0.0.1", port: 2, database: "bank_db"))
+                        try await writer.delete(.key(keys.nodeInfo("node1")))
+                        let last = try await writer.put("/cache/filler", "x")
+                        try await writer.compact(revision: last)
+                    }
                     for cache in caches {
-                        let s = try await cache.waitUntil(timeout: .seconds(10)) { $0.nodes["node2"] != nil && $0.nodes["node1"] == nil }
+                        let s = try await cache.waitUntil(timeout: .seconds(15)) { $0.nodes["node2"] != nil && $0.nodes["node1"] == nil }
                         #expect(s.accounts?.map.version == 11)
                     }
                     #expect(caches.map(\.snapshot.reloads) == before.map { $0 + 1 })
                     try cluster.resume("etcd1")
                     group.cancelAll()
-                }
+                } } catch { failure = error }
                 for c in clients { try await c.shutdown() }
+                if let failure { throw failure }
             }
         }
     }
