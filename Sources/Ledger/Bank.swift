@@ -197,12 +197,11 @@ public final class Bank: Sendable {
     /// Plans and runs a balance change of one or more accounts; retries stale plans.
     private func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         var lastError: (any Error)?
-        // Every account last seen on one node: try the one-transaction path first.
-        let hints = locations.withLock { l in changes.map { l[$0.0] } }
-        if let node = hints.first??.node, hints.allSatisfy({ $0?.node == node }) {
-            let ranges = Set(hints.compactMap { $0?.range }).sorted()
+        // Every account seen before: try the lock-first path.
+        let hints = locations.withLock { l in changes.reduce(into: [Int64: Location]()) { $0[$1.0] = l[$1.0] } }
+        if hints.count == Set(changes.map(\.0)).count {
             do {
-                if let result = try await singleNode(kind: kind, key: key, home: home, changes: changes, hash: hash, node: node, ranges: ranges) { return result }
+                if let result = try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints) { return result }
             } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
                 lastError = error // fall through to the general path
             }
@@ -221,93 +220,135 @@ public final class Bank: Sendable {
         throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastError)
     }
 
-    /// The common case in one local transaction on `node`, every decision made from locked rows, in
-    /// five statements: the decision row (which is also the idempotency check and the fence of the
-    /// ranges the rows were last seen in), the row locks, the new balances, the postings, the commit.
-    /// Returns nil — having written nothing — when the case is not this simple (an account not on
-    /// `node`, a balance leaving `node`, a home account that lived elsewhere, a range not active
-    /// here); the general path takes over.
-    private func singleNode(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String, node: String,
-                            ranges hinted: [String]) async throws -> MovementResult? {
+    /// The common case, every decision made from locked rows and no read before the transaction: each
+    /// account where it was last seen, no balance leaving its node, a home account that never lived
+    /// elsewhere. One node: a local transaction of five statements, the decision row first. Several:
+    /// two-phase commit whose branches lock first; the commit point (the home account's node) writes
+    /// the decision row, fenced, after the others are prepared.
+    /// Returns nil — having written nothing — when the case is not this simple; the general path
+    /// takes over.
+    private func lockFirst(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String,
+                           hints: [Int64: Location]) async throws -> MovementResult? {
         let maps = try self.maps()
-        let ids = changes.map(\.0).sorted()
-        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: [node])
-        enum Outcome: Sendable { case done(MovementResult, [Int64: Location]), replay, fallback }
-        let outcome: Outcome = try await connections.withConnection(node) { c in
-            try await withTaskExecutorPreference(c.executor) {
-                try await c.begin()
-                do {
-                    let fenced: Bool
+        guard let commitPoint = hints[home]?.node else { return nil }
+        // One branch per node, in ascending order of their smallest account: one global lock order.
+        var byNode: [String: [(Int64, Int64)]] = [:]
+        for change in changes.sorted(by: { $0.0 < $1.0 }) { byNode[hints[change.0]!.node, default: []].append(change) }
+        let order = byNode.keys.sorted { byNode[$0]![0].0 < byNode[$1]![0].0 }
+        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
+        let written = Mutex<[Int64: (location: Location, balance: Money)]>([:])
+        @Sendable func ranges(_ part: [(Int64, Int64)]) -> [String] { Set(part.map { hints[$0.0]!.range }).sorted() }
+
+        do {
+            if order.count == 1 {
+                try await connections.withConnection(commitPoint) { c in
+                    try await withTaskExecutorPreference(c.executor) {
+                        try await c.begin()
+                        do {
+                            let part = try await lockedPart(c, node: commitPoint, key: key, changes: changes, home: home, decision: decision, ranges: ranges(changes), maps: maps)
+                            try await c.commit()
+                            written.withLock { $0.merge(part.written) { $1 } }
+                        } catch {
+                            if !c.isBroken { _ = try? await c.rollback() }
+                            throw error
+                        }
+                    }
+                }
+            } else {
+                let pointRanges = Mutex<[String]>([])
+                let branches = order.map { node in
+                    let part = byNode[node]!
+                    let isPoint = node == commitPoint
+                    return TwoPhaseCommit.Branch(node: node) { c in
+                        let done = try await self.lockedPart(c, node: node, key: key, changes: part, home: home, decision: nil,
+                                                             ranges: ranges(part), maps: maps, deferFence: isPoint)
+                        written.withLock { $0.merge(done.written) { $1 } }
+                        if isPoint { pointRanges.withLock { $0 = done.unfenced } }
+                    }
+                }
+                // The commit point's fence travels with its decision row, the statement before COMMIT.
+                try await twoPhase.run(decision: decision, branches: branches, commitPoint: commitPoint) { c in
+                    let inserted: Bool
                     do throws(MariaDBError) {
-                        fenced = try await DecisionRows.insertFenced(decision, ranges: hinted, on: c)
+                        inserted = try await DecisionRows.insertFenced(decision, ranges: pointRanges.withLock { $0 }, on: c)
                     } catch {
-                        guard error.errorNumber == 1062 else { throw error }
-                        try await c.rollback()
-                        return .replay
+                        if error.errorNumber == 1062 { throw AlreadyDecided() }
+                        throw error
                     }
-                    guard fenced else {
-                        try await c.rollback()
-                        return .fallback
-                    }
-                    let placeholders = ids.map { _ in "?" }.joined(separator: ", ")
-                    let rows = try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id IN (\(placeholders)) ORDER BY account_id FOR UPDATE",
-                                                   ids.map(MariaDBValue.int)).rows.map(AccountSQL.decode)
-                    guard rows.count == ids.count, rows.first(where: { $0.accountID == home })?.previousNodes.isEmpty == true else {
-                        try await c.rollback()
-                        return .fallback
-                    }
-                    var updates: [(id: Int64, balance: Int64, range: String)] = []
-                    var postings: [(account: Int64, amount: Int64, balanceAfter: Int64)] = []
-                    var needed: Set<String> = []
-                    for row in rows {
-                        let delta = changes.first { $0.0 == row.accountID }!.1
-                        let after = row.balance + delta
-                        guard after >= 0 else {
-                            try await c.rollback()
-                            throw LedgerError(.insufficientFunds, "account \(row.accountID) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
-                        }
-                        let target = try maps.accounts.range(for: after)
-                        guard target.node == node else {
-                            try await c.rollback()
-                            return .fallback
-                        }
-                        needed.insert(row.range)
-                        needed.insert(target.id)
-                        updates.append((row.accountID, after, target.id))
-                        postings.append((row.accountID, delta, after))
-                    }
-                    // Ranges the hints did not name (a row that moved range, a balance crossing into a
-                    // neighbouring range of this node) are fenced by one more read.
-                    let missing = needed.subtracting(hinted).sorted()
-                    if !missing.isEmpty {
-                        let active = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(missing.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
-                                                         missing.map(MariaDBValue.string)).rows.first?.int64("n")
-                        guard active == Int64(missing.count) else {
-                            try await c.rollback()
-                            return .fallback
-                        }
-                    }
-                    try await AccountSQL.update(c, updates)
-                    try await AccountSQL.journal(c, transferID: key, postings: postings)
-                    try await c.commit()
-                    let balances = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, Money(minorUnits: $0.balance)) })
-                    let seen = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, Location(node: node, range: $0.range)) })
-                    return .done(MovementResult(transferID: key, balances: balances, replayed: false), seen)
-                } catch let error as LedgerError {
-                    throw error
-                } catch {
-                    if !c.isBroken { _ = try? await c.rollback() }
-                    throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: node, underlying: error)
+                    guard inserted else { throw NotSimple() }
                 }
             }
+        } catch {
+            var cause: any Error = error
+            if let e = error as? LedgerError, e.code == .aborted, let underlying = e.underlying { cause = underlying }
+            if cause is NotSimple { return nil }
+            if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
+            if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
+            if error is LedgerError || error is CoordinatorCrash { throw error }
+            throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
         }
-        switch outcome {
-        case .done(let result, let seen):
-            locations.withLock { l in l.merge(seen) { $1 } }
-            return result
-        case .fallback: return nil
-        case .replay: return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0))
+        let seen = written.withLock { $0 }
+        locations.withLock { l in l.merge(seen.mapValues(\.location)) { $1 } }
+        return MovementResult(transferID: key, balances: seen.mapValues(\.balance), replayed: false)
+    }
+
+    /// Not the simple case (see ``lockFirst``); nothing is written.
+    private struct NotSimple: Error {}
+    /// The decision row of this key exists already: answer as the first attempt did.
+    private struct AlreadyDecided: Error {}
+
+    /// One node's part of ``lockFirst`` inside its (local or XA) transaction: with `decision`, the
+    /// decision row first — the idempotency check and the fence of the ranges the rows were last seen
+    /// in, in one statement — then the rows locked in ascending id, the new balances in one update and
+    /// the postings in one insert. Ranges involved but not fenced yet are fenced by one shared-lock
+    /// read, or with `deferFence` returned in `unfenced` for the caller to fence before the commit
+    /// (a shared lock taken late and held to the end protects as well as one taken first).
+    private func lockedPart(_ c: MariaDBConnection, node: String, key: String, changes: [(Int64, Int64)], home: Int64, decision: DecisionRecord?,
+                            ranges hinted: [String], maps: LedgerMaps, deferFence: Bool = false) async throws
+        -> (written: [Int64: (location: Location, balance: Money)], unfenced: [String]) {
+        var fenced: Set<String> = []
+        if let decision {
+            let inserted: Bool
+            do throws(MariaDBError) {
+                inserted = try await DecisionRows.insertFenced(decision, ranges: hinted, on: c)
+            } catch {
+                if error.errorNumber == 1062 { throw AlreadyDecided() }
+                throw error
+            }
+            guard inserted else { throw NotSimple() }
+            fenced = Set(hinted)
         }
+        let ids = changes.map(\.0).sorted()
+        let rows = try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id IN (\(ids.map { _ in "?" }.joined(separator: ", "))) ORDER BY account_id FOR UPDATE",
+                                       ids.map(MariaDBValue.int)).rows.map(AccountSQL.decode)
+        guard rows.count == ids.count else { throw NotSimple() }
+        if let homeRow = rows.first(where: { $0.accountID == home }), !homeRow.previousNodes.isEmpty { throw NotSimple() }
+        var updates: [(id: Int64, balance: Int64, range: String)] = []
+        var postings: [(account: Int64, amount: Int64, balanceAfter: Int64)] = []
+        var needed: Set<String> = []
+        for row in rows {
+            let delta = changes.first { $0.0 == row.accountID }!.1
+            let after = row.balance + delta
+            guard after >= 0 else {
+                throw LedgerError(.insufficientFunds, "account \(row.accountID) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
+            }
+            let target = try maps.accounts.range(for: after)
+            guard target.node == node else { throw NotSimple() }
+            needed.formUnion([row.range, target.id])
+            updates.append((row.accountID, after, target.id))
+            postings.append((row.accountID, delta, after))
+        }
+        // Ranges not fenced yet: one shared-lock read (held to the end, so a handover waits for us).
+        let missing = needed.subtracting(fenced).sorted()
+        if !missing.isEmpty && !deferFence {
+            let active = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(missing.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
+                                             missing.map(MariaDBValue.string)).rows.first?.int64("n")
+            guard active == Int64(missing.count) else { throw NotSimple() }
+        }
+        try await AccountSQL.update(c, updates)
+        try await AccountSQL.journal(c, transferID: key, postings: postings)
+        let written = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
+        return (written, deferFence ? missing : [])
     }
 
     static func worthRetrying(_ error: (any Error)?) -> Bool {

@@ -143,10 +143,15 @@ public struct TwoPhaseCommit: Sendable {
 
     /// Runs the transaction. `branches` run in the order given (one per node); the branch on
     /// `commitPoint` runs as a local transaction opened at its place in that order and committed,
-    /// with the decision row, after every other branch is prepared. Returns when the decision is
-    /// committed; throws `.aborted` when everything was rolled back, `.outcomeUnknown` when the
-    /// decision could not be learnt.
-    public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String) async throws {
+    /// with the decision row, after every other branch is prepared. `decide` writes that row on the
+    /// commit point's connection (by default a plain insert of `decision`; a caller may fold checks
+    /// into the statement and throw to abort). It runs after the last prepare, never earlier: a
+    /// retry holding an uncommitted decision row while it waits for a prepared branch's locks would
+    /// block the resolver that must decide that branch. Returns when the decision is committed;
+    /// throws `.aborted` when everything was rolled back, `.outcomeUnknown` when the decision could
+    /// not be learnt.
+    public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String,
+                    decide: (@Sendable (MariaDBConnection) async throws -> Void)? = nil) async throws {
         let transferID = decision.transferID
         guard BranchName.validate(transferID: transferID, nodes: branches.map(\.node)),
               branches.filter({ $0.node == commitPoint }).count == 1, Set(branches.map(\.node)).count == branches.count else {
@@ -174,7 +179,11 @@ public struct TwoPhaseCommit: Sendable {
                 try await hook?(.prepared(node: branch.node))
             }
             let point = leased.first { $0.xid == nil }!
-            try await DecisionRows.insert(decision, state: .committed, on: point.connection)
+            if let decide {
+                try await decide(point.connection)
+            } else {
+                try await DecisionRows.insert(decision, state: .committed, on: point.connection)
+            }
             try await hook?(.beforeDecision)
         } catch is CoordinatorCrash {
             await abandon(leased)
