@@ -101,6 +101,18 @@ public final class MetadataCache: Service, Sendable {
         return result.revision
     }
 
+    /// Reads both shard maps from etcd now and keeps whichever of the read and the cached map is
+    /// newer. A router told `wrong_shard` calls this instead of waiting for the watch, which may be
+    /// behind (a hung member, a slow stream).
+    public func refreshMaps() async throws {
+        let accounts = try await store.loadMap(.accounts)
+        let directory = try await store.loadMap(.directory)
+        publish { snapshot in
+            if let accounts, accounts.modRevision > snapshot.accounts?.modRevision ?? 0 { snapshot.accounts = accounts }
+            if let directory, directory.modRevision > snapshot.directory?.modRevision ?? 0 { snapshot.directory = directory }
+        }
+    }
+
     private func apply(_ batch: EtcdWatchBatch) {
         publish { snapshot in
             for event in batch.events {

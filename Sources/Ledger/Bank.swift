@@ -44,6 +44,7 @@ public final class Bank: Sendable {
     let connections: NodeConnections
     let maps: @Sendable () throws -> LedgerMaps
     let nextAccountID: @Sendable () async throws -> Int64
+    let refreshMaps: @Sendable () async throws -> Void
     let logger: Logger
     let twoPhase: TwoPhaseCommit
     /// Where an account's row was last seen. A hint: always verified on the node.
@@ -53,11 +54,18 @@ public final class Bank: Sendable {
     }
     private let locations = Mutex<[Int64: Location]>([:])
 
+    /// - Parameters:
+    ///   - maps: the current shard maps (from the metadata cache; called on every operation).
+    ///   - refreshMaps: re-reads the maps from their source; called when a node answers that it does
+    ///     not own a range (`wrong_shard`), before the operation is planned again.
+    ///   - hook: test-only: called at each step of two-phase commit.
     public init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
+                refreshMaps: @escaping @Sendable () async throws -> Void = {},
                 nextAccountID: @escaping @Sendable () async throws -> Int64, logger: Logger,
                 hook: (@Sendable (TwoPhaseStep) async throws -> Void)? = nil) {
         self.connections = connections
         self.maps = maps
+        self.refreshMaps = refreshMaps
         self.nextAccountID = nextAccountID
         self.logger = logger
         self.twoPhase = TwoPhaseCommit(connections: connections, logger: logger, hook: hook)
@@ -214,6 +222,12 @@ public final class Bank: Sendable {
                 lastError = error
                 logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "attempt": "\(attempt)", "reason": "\(error.underlying.map { "\($0)" } ?? "")"])
                 locations.withLock { l in changes.forEach { l[$0.0] = nil } }
+                if (error.underlying as? PlanStale)?.wrongShard == true {
+                    // A node refused a range the map gave it: the map is behind; read it again.
+                    do { try await refreshMaps() } catch {
+                        logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
+                    }
+                }
                 try await Task.sleep(for: .milliseconds(Int64(2 << attempt)))
             }
         }

@@ -35,7 +35,7 @@ struct BankRuntime {
                     throw MetadataError(.notInitialized, "the shard maps are not loaded")
                 }
                 return LedgerMaps(accounts: accounts, directory: directory)
-            }, nextAccountID: { try await allocator.nextID() }, logger: logger, hook: hook)
+            }, refreshMaps: { try await cache.refreshMaps() }, nextAccountID: { try await allocator.nextID() }, logger: logger, hook: hook)
             return BankRuntime(etcd: etcd, store: store, cache: cache, connections: connections, bank: bank)
         } catch {
             try? await etcd.shutdown()

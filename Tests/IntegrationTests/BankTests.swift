@@ -5,6 +5,7 @@ import LocalCluster
 import Ledger
 import MariaDB
 import Sharding
+import Synchronization
 import Testing
 
 /// A bootstrapped three-node cluster (seed layout) and a Bank over it.
@@ -123,6 +124,31 @@ struct BankTests {
             let t = try await totals(connections)
             #expect(t.balances == t.journal)
             #expect(t.balances == money("70100.00").minorUnits)
+        }
+    }
+
+    @Test("a router with a stale map is told wrong_shard by the node's fence, refreshes its map and retries")
+    func wrongShardRefreshes() async throws {
+        try await withBank { _, bank, connections in
+            let account = try await bank.openAccount(customerName: "fenced", balance: money("100.00"), idempotencyKey: "open-fenced")
+            #expect(account.node == "node1")
+            // This router believes a1 went to node2; node2's range_ownership says otherwise.
+            let current = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+            let stale = LedgerMaps(accounts: try current.accounts.reassigning("a1", to: "node2"), directory: current.directory)
+            let maps = Mutex(stale)
+            let refreshes = Atomic<Int>(0)
+            let router = Bank(connections: connections, maps: { maps.withLock { $0 } }, refreshMaps: {
+                refreshes.add(1, ordering: .relaxed)
+                maps.withLock { $0 = current }
+            }, nextAccountID: { throw LedgerError(.invalid, "this router opens no accounts") }, logger: testLogger)
+
+            let result = try await router.deposit(account.id, amount: money("1.00"), idempotencyKey: "dep-fenced")
+            #expect(result.balances[account.id] == money("101.00"))
+            #expect(refreshes.load(ordering: .relaxed) == 1)
+            let after = try await bank.account(account.id)
+            #expect(after.node == "node1" && after.range == "a1" && after.balance == money("101.00"))
+            let rows = try await totals(connections).rows
+            #expect(rows[account.id] == "node1")
         }
     }
 
