@@ -75,6 +75,21 @@ enum AccountSQL {
                             postings.flatMap { [MariaDBValue.int($0.account), .string(transferID), .money(minorUnits: $0.amount), .money(minorUnits: $0.balanceAfter)] })
     }
 
+    /// One posting, inserted only if every accounts-map range in `ranges` is active on this node:
+    /// `INSERT … SELECT` reads `range_ownership` with shared locks, so this is also the fence.
+    /// Returns false (nothing inserted) when a range is not active here.
+    static func journalFenced(_ c: MariaDBConnection, transferID: String, posting: (account: Int64, amount: Int64, balanceAfter: Int64),
+                              ranges: [String]) async throws -> Bool {
+        let result = try await c.execute("""
+            INSERT INTO journal (account_id, transfer_id, amount, balance_after)
+            SELECT ?, ?, ?, ? FROM range_ownership
+            WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", ")))
+            HAVING COUNT(*) = ?
+            """, [.int(posting.account), .string(transferID), .money(minorUnits: posting.amount), .money(minorUnits: posting.balanceAfter)]
+                + ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+        return result.affectedRows == 1
+    }
+
     static func insert(_ c: MariaDBConnection, _ row: Row) async throws {
         try await c.execute("INSERT INTO account_info (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?)", [
             .int(row.accountID), .string(row.customerName), .money(minorUnits: row.balance), .string(row.range),

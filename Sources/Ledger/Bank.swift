@@ -352,15 +352,21 @@ public final class Bank: Sendable {
             updates.append((row.accountID, after, target.id))
             postings.append((row.accountID, delta, after))
         }
-        // Ranges not fenced yet: one shared-lock read (held to the end, so a handover waits for us).
+        // Ranges not fenced yet (shared locks held to the end, so a handover waits for us): with one
+        // posting, in the statement that inserts it; otherwise one read first.
         let missing = needed.subtracting(fenced).sorted()
-        if !missing.isEmpty && !deferFence {
+        let fenceWithPosting = !missing.isEmpty && !deferFence && postings.count == 1
+        if !missing.isEmpty && !deferFence && !fenceWithPosting {
             let active = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(missing.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
                                              missing.map(MariaDBValue.string)).rows.first?.int64("n")
             guard active == Int64(missing.count) else { throw NotSimple() }
         }
         try await AccountSQL.update(c, updates)
-        try await AccountSQL.journal(c, transferID: key, postings: postings)
+        if fenceWithPosting {
+            guard try await AccountSQL.journalFenced(c, transferID: key, posting: postings[0], ranges: missing) else { throw NotSimple() }
+        } else {
+            try await AccountSQL.journal(c, transferID: key, postings: postings)
+        }
         let written = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
         return (written, deferFence ? missing : [])
     }
