@@ -116,6 +116,18 @@ let package = Package(
             dependencies: ["MariaDB", "Etcd", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // Health, pure: the heartbeat's wire format, how routers judge a node, the agent's decisions.
+        .target(name: "Health", swiftSettings: swiftSettings),
+        // The sidecar beside each MariaDB node: leased heartbeats in etcd, database checks.
+        .target(
+            name: "Agent",
+            dependencies: [
+                "Health", "ClusterMetadata", "Etcd", "MariaDB",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Operator actions behind `ctl`: bootstrap, status, benchmarks of the drivers.
         .target(
             name: "Admin",
@@ -131,7 +143,7 @@ let package = Package(
             name: "shardbank",
             dependencies: [
                 "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding", "Ledger", "API",
-                "BankSchema",
+                "BankSchema", "Agent", "Health",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -145,7 +157,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata",
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -155,7 +167,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "LocalCluster", "Admin",
-                "ShardBankConfig", "Ledger",
+                "ShardBankConfig", "Ledger", "Agent", "Health",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

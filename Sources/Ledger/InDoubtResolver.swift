@@ -19,13 +19,17 @@ public final class InDoubtResolver: Service, Sendable {
     }
 
     let connections: NodeConnections
+    let scope: Set<String>?
     let minimumAge: Duration
     let interval: Duration
     let logger: Logger
     private let firstSeen = Mutex<[XID: ContinuousClock.Instant]>([:])
 
-    public init(connections: NodeConnections, minimumAge: Duration = .seconds(2), interval: Duration = .seconds(1), logger: Logger) {
+    /// - Parameter nodes: the nodes whose prepared branches this resolver finishes (an agent: its
+    ///   own); nil for every node. Decisions are read wherever they are.
+    public init(connections: NodeConnections, nodes: Set<String>? = nil, minimumAge: Duration = .seconds(2), interval: Duration = .seconds(1), logger: Logger) {
         self.connections = connections
+        self.scope = nodes
         self.minimumAge = minimumAge
         self.interval = interval
         self.logger = logger
@@ -45,7 +49,7 @@ public final class InDoubtResolver: Service, Sendable {
     public func resolveOnce() async -> [Resolution] {
         var resolved: [Resolution] = []
         var stillPrepared: Set<XID> = []
-        for node in connections.nodes {
+        for node in connections.nodes where scope?.contains(node) ?? true {
             let xids: [XID]
             do { xids = try await connections.withConnection(node) { try await $0.xaRecover() } } catch {
                 logger.debug("cannot list prepared branches", metadata: ["node": "\(node)", "error": "\(error)"])

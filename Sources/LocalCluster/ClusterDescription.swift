@@ -41,10 +41,12 @@ public struct ClusterDescription: Codable, Sendable {
         public var socket: String
         public var configFile: String
         public var logFile: String
+        /// The `shardbank agent` beside this node, when `demo up` started one.
+        public var agentPID: Int32?
 
         enum CodingKeys: String, CodingKey {
             case id, host, port, database, user, password, pid, spare
-            case dataDir = "data_dir", socket, configFile = "config_file", logFile = "log_file"
+            case dataDir = "data_dir", socket, configFile = "config_file", logFile = "log_file", agentPID = "agent_pid"
         }
     }
 
@@ -72,6 +74,7 @@ public struct ClusterDescription: Codable, Sendable {
 
     /// Every pid this cluster started, with a name.
     public var processes: [(name: String, pid: Int32)] {
-        (api.map { [("api", $0.pid)] } ?? []) + nodes.map { ($0.id, $0.pid) } + etcd.members.map { ($0.name, $0.pid) }
+        (api.map { [("api", $0.pid)] } ?? []) + nodes.compactMap { n in n.agentPID.map { ("agent-\(n.id)", $0) } }
+            + nodes.map { ($0.id, $0.pid) } + etcd.members.map { ($0.name, $0.pid) }
     }
 }

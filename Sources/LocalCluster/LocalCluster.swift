@@ -257,7 +257,8 @@ public struct LocalCluster: Sendable {
     public func pid(of member: String) throws -> Int32 {
         if let n = description.nodes.first(where: { $0.id == member }) { return n.pid }
         if let m = description.etcd.members.first(where: { $0.name == member }) { return m.pid }
-        let names = description.nodes.map(\.id) + description.etcd.members.map(\.name)
+        if member.hasPrefix("agent-"), let pid = description.nodes.first(where: { "agent-" + $0.id == member })?.agentPID { return pid }
+        let names = description.nodes.map(\.id) + description.nodes.filter { $0.agentPID != nil }.map { "agent-" + $0.id } + description.etcd.members.map(\.name)
         throw LocalClusterError("no member \(member) in this cluster; members: \(names.joined(separator: ", "))")
     }
 
@@ -296,6 +297,9 @@ public struct LocalCluster: Sendable {
     /// Starts a member again with its data (after `kill` or `stop`), waits until it answers, saves.
     public mutating func restart(_ member: String) async throws {
         let pid = try pid(of: member)
+        guard !member.hasPrefix("agent-") else {
+            throw LocalClusterError("\(member) cannot be restarted from here: pause/resume it (SIGSTOP/SIGCONT), or start `shardbank agent` again by hand")
+        }
         if owns(pid) { Processes.terminate(pid) }
         if let i = description.nodes.firstIndex(where: { $0.id == member }) {
             try spawnNode(i)
@@ -308,6 +312,41 @@ public struct LocalCluster: Sendable {
         }
     }
 
+    /// Records the agent `demo up` started beside `node`, so that `down` stops it too.
+    public mutating func setAgent(node: String, pid: Int32) throws {
+        guard let i = description.nodes.firstIndex(where: { $0.id == node }) else { throw LocalClusterError("no node \(node) in this cluster") }
+        description.nodes[i].agentPID = pid
+        try save()
+    }
+
+    /// Writes `DIR/shardbank.json` — a configuration for this cluster that every command accepts —
+    /// plus one password file per node under `DIR/secrets` (mode 0600); returns its path.
+    public func writeConfiguration(apiPort: Int) throws -> String {
+        let fm = FileManager.default
+        let secrets = dir + "/secrets"
+        try fm.createDirectory(atPath: secrets, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var nodes: [String: Any] = [:]
+        for node in description.nodes {
+            let file = "\(secrets)/\(node.id)-password"
+            try node.password.write(toFile: file, atomically: true, encoding: .utf8)
+            try fm.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+            nodes[node.id] = ["host": node.host, "port": node.port, "database": node.database, "user": node.user,
+                              "password_file": "secrets/\(node.id)-password"]
+        }
+        let config: [String: Any] = [
+            "logging": ["level": "info"],
+            "etcd": ["endpoints": description.etcd.endpoints, "prefix": "/shardbank/"],
+            "mysql": ["user": "bank", "pool": ["max_connections": 32]],
+            "cluster": ["nodes": description.nodes.filter { !$0.spare }.map(\.id)],
+            "nodes": nodes,
+            "http": ["host": "127.0.0.1", "port": apiPort],
+        ]
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        let path = dir + "/shardbank.json"
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
     /// Records the API process `demo up` started, so that `down` stops it too.
     public mutating func setAPI(url: String, pid: Int32) throws {
         description.api = .init(url: url, pid: pid)
@@ -316,11 +355,14 @@ public struct LocalCluster: Sendable {
 
     /// Stops every process this cluster started, and nothing else.
     public func stopAll() {
-        for (_, pid) in description.processes where owns(pid) {
+        // The saved description is the newest: a copy of this value may have restarted members.
+        let processes = ((try? Self.load(dir: dir, logger: logger))?.description.processes ?? []) + description.processes
+        let owned = Set(processes.map(\.pid).filter(owns))
+        for pid in owned {
             Processes.signal(pid, SIGCONT)
             Processes.signal(pid, SIGTERM)
         }
-        for (_, pid) in description.processes where pid > 0 {
+        for pid in owned {
             Processes.waitGone(pid, timeout: .seconds(10))
             if owns(pid) {
                 Processes.signal(pid, SIGKILL)

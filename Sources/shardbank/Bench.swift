@@ -18,10 +18,10 @@ struct Bench: AsyncParsableCommand {
             commandName: "ledger",
             abstract: "TPC-B-like load on the ledger (the default): transfers, deposits and reads by N clients.",
             discussion: """
-                80 % transfers (--cross-node of them between accounts on different nodes), 10 % deposits,
-                10 % reads, on accounts opened for the run in the middle of each node's range. Through the
-                library (in this process) or, with --http, through the running service's API. With
-                --baseline, the same mix then runs as plain SQL on node1 — the ledger's single-node
+                80 % transfers (--cross-node of them between accounts on different nodes), 10 % deposits, \
+                10 % reads, on accounts opened for the run in the middle of each node's range. Through the \
+                library (in this process) or, with --http, through the running service's API. With \
+                --baseline, the same mix then runs as plain SQL on node1 — the ledger's single-node \
                 statements without routing, fence or two-phase commit, on scratch tables — for the ratio.
                 """)
         @OptionGroup var options: ConfigOptions

@@ -14,10 +14,10 @@ struct Ctl: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Bootstrap a cluster: register the nodes, create their schema, write the shard maps.",
             discussion: """
-                Without map files, lays out the seed's ranges on the first three nodes of cluster.nodes:
-                accounts by balance [0.00, 10000.01) [10000.01, 50000.01) [50000.01, ∞), and the account
-                directory's hash space in three equal parts. Everything that can fail (map validation,
-                node connections, schema) is checked before etcd is written, and etcd is written in one
+                Without map files, lays out the seed's ranges on the first three nodes of cluster.nodes: \
+                accounts by balance [0.00, 10000.01) [10000.01, 50000.01) [50000.01, ∞), and the account \
+                directory's hash space in three equal parts. Everything that can fail (map validation, \
+                node connections, schema) is checked before etcd is written, and etcd is written in one \
                 transaction. Refuses to run on an initialised cluster unless --force.
                 """)
 
@@ -79,10 +79,10 @@ struct Ctl: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check the ledger's invariants on every node; exit 0 and one line when clean.",
             discussion: """
-                Σ balances = Σ journal; every account on exactly one node, in the range its balance maps to,
-                with a matching balance_range and directory entry; no negative balance; every committed
-                transfer has its postings; no ShardBank XA branch still prepared after --xa-bound seconds.
-                Run it on a quiet cluster: concurrent writes between the per-node reads can show as
+                Σ balances = Σ journal; every account on exactly one node, in the range its balance maps to, \
+                with a matching balance_range and directory entry; no negative balance; every committed \
+                transfer has its postings; no ShardBank XA branch still prepared after --xa-bound seconds. \
+                Run it on a quiet cluster: concurrent writes between the per-node reads can show as \
                 differences.
                 """)
 

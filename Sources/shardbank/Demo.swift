@@ -9,10 +9,12 @@ struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A local cluster of real mariadbd and etcd processes, for trying ShardBank and for failure drills.",
         discussion: """
-            `demo up` starts the processes in the background (they outlive the command), bootstraps the
-            cluster with `ctl init`, and writes DIR/shardbank.json (a configuration file the other
-            commands accept) and DIR/cluster.json (ports, pids, passwords). `demo down` stops every
-            process `up` started, and nothing else.
+            `demo up` starts the processes in the background (they outlive the command), bootstraps the \
+            cluster with `ctl init`, starts one `shardbank agent` per node and `shardbank serve`, and \
+            writes DIR/shardbank.json (a configuration file the other commands accept) and \
+            DIR/cluster.json (ports, pids, passwords). `demo down` stops every process `up` started, and \
+            nothing else. Members are named node1…, etcd1… and agent-node1…; kill, stop, cont and \
+            restart take these names (agents: kill, stop, cont).
             """,
         subcommands: [Up.self, Down.self, Kill.self, Stop.self, Cont.self, Restart.self])
 
@@ -42,16 +44,21 @@ struct Demo: AsyncParsableCommand {
                 var cluster = try await LocalCluster.start(dir: location.dir, nodes: nodes, spare: spare, etcdMembers: etcd, logger: logger, progress: progress)
                 do {
                     let apiPort = try Processes.freePort()
-                    let configPath = try writeConfiguration(cluster, apiPort: apiPort)
+                    let configPath = try cluster.writeConfiguration(apiPort: apiPort)
                     let configuration = try await ShardBankConfiguration.load(file: configPath)
                     let bootstrap = try Bootstrap(configuration: configuration)
                     try await withEtcd(configuration, logger: logger) { etcd in
                         try await bootstrap.run(etcd: etcd, logger: logger, progress: progress)
                     }
+                    let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+                    for node in cluster.description.nodes where !node.spare {
+                        progress("starting shardbank agent for \(node.id)")
+                        let pid = try Processes.spawn(executable, ["agent", "--node", node.id, "--config", configPath], logFile: cluster.dir + "/agent-\(node.id).log")
+                        try cluster.setAgent(node: node.id, pid: pid)
+                    }
                     progress("starting shardbank serve on 127.0.0.1:\(apiPort)")
                     let url = "http://127.0.0.1:\(apiPort)"
-                    let pid = try Processes.spawn(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"),
-                                                  ["serve", "--config", configPath], logFile: cluster.dir + "/serve.log")
+                    let pid = try Processes.spawn(executable, ["serve", "--config", configPath], logFile: cluster.dir + "/serve.log")
                     try cluster.setAPI(url: url, pid: pid)
                     try await waitReady(url: url, pid: pid, log: cluster.dir + "/serve.log")
                     print("""
@@ -79,33 +86,6 @@ struct Demo: AsyncParsableCommand {
                 try await Task.sleep(for: .milliseconds(100))
             }
             throw CLIError("shardbank serve did not become ready within 60 s; see \(log)")
-        }
-
-        /// DIR/shardbank.json plus one password file per node under DIR/secrets (mode 0600).
-        func writeConfiguration(_ cluster: LocalCluster, apiPort: Int) throws -> String {
-            let fm = FileManager.default
-            let secrets = cluster.dir + "/secrets"
-            try fm.createDirectory(atPath: secrets, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            var nodes: [String: Any] = [:]
-            for node in cluster.description.nodes {
-                let file = "\(secrets)/\(node.id)-password"
-                try node.password.write(toFile: file, atomically: true, encoding: .utf8)
-                try fm.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
-                nodes[node.id] = ["host": node.host, "port": node.port, "database": node.database, "user": node.user,
-                                  "password_file": "secrets/\(node.id)-password"]
-            }
-            let config: [String: Any] = [
-                "logging": ["level": "info"],
-                "etcd": ["endpoints": cluster.description.etcd.endpoints, "prefix": "/shardbank/"],
-                "mysql": ["user": "bank", "pool": ["max_connections": 32]],
-                "cluster": ["nodes": cluster.description.nodes.filter { !$0.spare }.map(\.id)],
-                "nodes": nodes,
-                "http": ["host": "127.0.0.1", "port": apiPort],
-            ]
-            let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-            let path = cluster.dir + "/shardbank.json"
-            try data.write(to: URL(fileURLWithPath: path))
-            return path
         }
     }
 

@@ -14,8 +14,8 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the bank service: the HTTP JSON API over the sharded nodes.",
         discussion: """
-            Loads the shard maps and the node registry from etcd (and keeps them current with a watch),
-            brings every node's schema up to date, resolves in-doubt distributed transactions in the
+            Loads the shard maps and the node registry from etcd (and keeps them current with a watch), \
+            brings every node's schema up to date, resolves in-doubt distributed transactions in the \
             background, and serves the API on http.host:http.port until SIGTERM or SIGINT.
             """)
 

@@ -1,0 +1,107 @@
+import Admin
+import Agent
+import ClusterMetadata
+import Etcd
+import Foundation
+import Glibc
+import Health
+import LocalCluster
+import ServiceLifecycle
+import Testing
+
+/// Polls the node's heartbeat key until `condition` holds; returns the value then (nil: no key).
+private func waitForBeat(_ etcd: EtcdClient, node: String, timeout: Duration,
+                         _ condition: (Heartbeat?) -> Bool) async throws -> Heartbeat? {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        let beat = try await etcd.get(MetadataKeys().nodeHeartbeat(node)).flatMap { Heartbeat.decode($0.value) }
+        if condition(beat) { return beat }
+        guard ContinuousClock.now < deadline else {
+            Issue.record("the heartbeat of \(node) did not reach the expected state within \(timeout); last: \(String(describing: beat))")
+            return beat
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+/// The `shardbank` executable built next to the test bundle.
+private func shardbankExecutable() throws -> String {
+    let path = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("shardbank").path
+    try #require(FileManager.default.isExecutableFile(atPath: path), "\(path) is missing: build the executable first (swift build --build-tests builds it)")
+    return path
+}
+
+@Suite("Node agent against real mariadbd and etcd", .serialized)
+struct AgentTests {
+    @Test("leased heartbeat; a killed mariadbd is reported by the next beat, the lease revoked after two failed checks; back after restart; revoked at shutdown")
+    func heartbeatLifecycle() async throws {
+        try await withCluster(nodes: 3, etcd: 1) { cluster in
+            let configuration = try await configurationFor(cluster)
+            try await withEtcd(cluster) { etcd in
+                try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+                var database = try cluster.bankConfiguration("node1")
+                database.connectTimeout = 1
+                database.readTimeout = 1
+                database.writeTimeout = 1
+                let agent = NodeAgent(options: .init(node: "node1", interval: .milliseconds(250), ttl: 2, failuresBeforeRevoke: 2, version: "test"),
+                                      etcd: etcd, keys: MetadataKeys(), database: database, logger: testLogger)
+                let group = ServiceGroup(configuration: .init(services: [agent], logger: testLogger))
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
+                    tasks.addTask { try await group.run() }
+                    let first = try await waitForBeat(etcd, node: "node1", timeout: .seconds(5)) { $0?.database.ok == true }
+                    #expect(first?.node == "node1" && first?.version == "test" && first?.intervalMillis == 250)
+                    #expect(Set(first?.ranges.map { "\($0.map)/\($0.range)" } ?? []) == ["accounts/a1", "directory/d1"])
+                    let later = try await waitForBeat(etcd, node: "node1", timeout: .seconds(2)) { ($0?.sequence ?? 0) > (first?.sequence ?? 0) }
+                    #expect(later?.database.ok == true)
+
+                    try cluster.kill("node1")
+                    let killed = ContinuousClock.now
+                    let failing = try await waitForBeat(etcd, node: "node1", timeout: .seconds(3)) { $0?.database.ok == false }
+                    #expect(failing?.database.error?.contains("node1") == true)
+                    _ = try await waitForBeat(etcd, node: "node1", timeout: .seconds(3)) { $0 == nil }
+                    // Two failed checks at 250 ms, then the revoke: well inside TTL + 1 s.
+                    #expect(ContinuousClock.now - killed < .seconds(3))
+
+                    try await cluster.restart("node1")
+                    let back = try await waitForBeat(etcd, node: "node1", timeout: .seconds(3)) { $0?.database.ok == true }
+                    #expect(back != nil)
+
+                    await group.triggerGracefulShutdown()
+                    try await tasks.next()
+                    #expect(try await etcd.get(MetadataKeys().nodeHeartbeat("node1")) == nil, "a graceful stop revokes the lease")
+                }
+            }
+        }
+    }
+
+    @Test("the agent process: SIGSTOP lets the lease lapse, SIGCONT registers again, SIGTERM removes the heartbeat at once")
+    func agentProcess() async throws {
+        let executable = try shardbankExecutable()
+        try await withCluster(nodes: 3, etcd: 1) { cluster in
+            let configuration = try await configurationFor(cluster)
+            try await withEtcd(cluster) { etcd in
+                try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+                let file = try cluster.writeConfiguration(apiPort: try Processes.freePort())
+                let pid = try Processes.spawn(executable, ["agent", "--node", "node2", "--config", file, "--ttl", "2"], logFile: cluster.dir + "/agent-node2.log")
+                defer { Processes.signal(pid, SIGKILL) }
+                _ = try await waitForBeat(etcd, node: "node2", timeout: .seconds(15)) { $0?.database.ok == true }
+
+                Processes.signal(pid, SIGSTOP)
+                let stopped = ContinuousClock.now
+                _ = try await waitForBeat(etcd, node: "node2", timeout: .seconds(5)) { $0 == nil }
+                #expect(ContinuousClock.now - stopped < .seconds(3), "the lease (TTL 2 s) lapses within TTL + 1 s")
+
+                Processes.signal(pid, SIGCONT)
+                let again = try await waitForBeat(etcd, node: "node2", timeout: .seconds(5)) { $0?.database.ok == true }
+                #expect(again != nil)
+
+                Processes.signal(pid, SIGTERM)
+                let terminated = ContinuousClock.now
+                _ = try await waitForBeat(etcd, node: "node2", timeout: .seconds(2)) { $0 == nil }
+                #expect(ContinuousClock.now - terminated < .seconds(1), "SIGTERM revokes the lease: gone at once, not after the TTL")
+                Processes.waitGone(pid, timeout: .seconds(5))
+                #expect(!Processes.isAlive(pid), "the agent exits after SIGTERM")
+            }
+        }
+    }
+}
