@@ -66,7 +66,7 @@ let package = Package(
         .target(
             name: "ClusterMetadata",
             dependencies: [
-                "Sharding", "Etcd",
+                "Sharding", "Etcd", "Health",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -103,7 +103,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Ledger", "ClusterMetadata", "Sharding",
+                "Ledger", "ClusterMetadata", "Sharding", "Health",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,6 @@
 import ClusterMetadata
 import Foundation
+import Health
 import HTTPTypes
 import Hummingbird
 import Ledger
@@ -9,9 +10,30 @@ import Sharding
 public struct APIDependencies: Sendable {
     public var bank: Bank
     public var cache: MetadataCache
-    public init(bank: Bank, cache: MetadataCache) {
+    public var health: NodeHealthMonitor
+    public var etcd: EtcdProbe
+    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe) {
         self.bank = bank
         self.cache = cache
+        self.health = health
+        self.etcd = etcd
+    }
+}
+
+/// A node's health as the API shows it.
+struct NodeHealthJSON: ResponseEncodable {
+    var node: String
+    var state: String
+    var healthy: Bool
+    var heartbeat_age_ms: Int64?
+    var reason: String?
+
+    init(_ h: NodeHealth) {
+        node = h.node
+        state = h.state.rawValue
+        healthy = h.state == .healthy
+        heartbeat_age_ms = h.heartbeatAge?.milliseconds
+        reason = h.reason
     }
 }
 
@@ -51,6 +73,8 @@ public enum BankRoutes {
         router.add(middleware: ErrorMiddleware())
         let bank = deps.bank
         let cache = deps.cache
+        let health = deps.health
+        let etcd = deps.etcd
 
         router.get("/healthz") { _, _ in ["status": "ok"] }
         router.get("/readyz") { _, _ -> Response in
@@ -58,7 +82,12 @@ public enum BankRoutes {
             guard snapshot.accounts != nil, snapshot.directory != nil else {
                 throw APIError(.serviceUnavailable, "not_ready", "cluster metadata not loaded yet", retryAfter: 1)
             }
-            return try jsonResponse(["status": "ready"], status: .ok)
+            // Degraded, not unready: with etcd gone the service still moves money with its last maps,
+            // so it must stay in the load balancer.
+            if let reason = etcd.unreachable {
+                return try jsonResponse(["status": "degraded", "etcd": "unreachable", "reason": reason], status: .ok)
+            }
+            return try jsonResponse(["status": "ready", "etcd": "ok"], status: .ok)
         }
         router.get("/v1/cluster") { _, _ -> Response in
             let s = cache.snapshot
@@ -66,9 +95,21 @@ public enum BankRoutes {
                 var revision: Int64
                 var maps: [RangeMap]
                 var nodes: [NodeInfo]
+                var health: [NodeHealthJSON]
+                var etcd: String
+                var degraded_reason: String?
             }
+            let unreachable = etcd.unreachable
             return try jsonResponse(Cluster(revision: s.revision, maps: [s.accounts?.map, s.directory?.map].compactMap { $0 },
-                                            nodes: s.nodes.values.sorted { $0.id < $1.id }), status: .ok)
+                                            nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
+                                            etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
+        }
+        router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
+            let id = context.parameters.get("id") ?? ""
+            guard cache.snapshot.nodes[id] != nil else {
+                throw APIError(.notFound, "unknown_node", "no node \(id) is registered; GET /v1/cluster lists the nodes")
+            }
+            return try jsonResponse(NodeHealthJSON(health.health(of: id)), status: .ok)
         }
         router.post("/v1/accounts") { request, context -> Response in
             let body = try await RequestBody.read(request, context: context, allowed: ["customer_name", "balance"])

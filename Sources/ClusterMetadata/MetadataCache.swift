@@ -11,6 +11,9 @@ public struct MetadataSnapshot: Sendable {
     public var nodes: [String: NodeInfo]
     /// Raw heartbeat values by node id (decoded by the health layer).
     public var heartbeats: [String: EtcdKeyValue]
+    /// When this process received each node's current heartbeat (its age is judged by this, not by
+    /// the writer's clock).
+    public var heartbeatReceived: [String: ContinuousClock.Instant] = [:]
     /// The etcd revision this snapshot reflects.
     public var revision: Int64
     /// How many times the cache rebuilt itself from a full read (start-up counts as one).
@@ -150,7 +153,10 @@ public final class MetadataCache: Service, Sendable {
             snapshot.directory = try MetadataStore.decodeMap(kv)
         } else if let (id, leaf) = keys.parseNodeKey(kv.key) {
             if leaf == "info" { snapshot.nodes[id] = try MetadataStore.decodeNode(kv) }
-            if leaf == "heartbeat" { snapshot.heartbeats[id] = kv }
+            if leaf == "heartbeat" {
+                snapshot.heartbeats[id] = kv
+                snapshot.heartbeatReceived[id] = .now
+            }
         }
     }
 
@@ -159,7 +165,10 @@ public final class MetadataCache: Service, Sendable {
         if key == keys.shardMap(.directory) { snapshot.directory = nil }
         if let (id, leaf) = keys.parseNodeKey(key) {
             if leaf == "info" { snapshot.nodes[id] = nil }
-            if leaf == "heartbeat" { snapshot.heartbeats[id] = nil }
+            if leaf == "heartbeat" {
+                snapshot.heartbeats[id] = nil
+                snapshot.heartbeatReceived[id] = nil
+            }
         }
     }
 

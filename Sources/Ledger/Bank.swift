@@ -154,11 +154,12 @@ public final class Bank: Sendable {
 
     /// An earlier decision row for this key: the same request, and committed — else the answer says why not.
     private func requireCommittedEarlier(_ row: MariaDBRow, key: String, hash: String) throws {
-        guard try row.string("request_hash") == hash else {
-            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
-        }
+        // An aborted row may have been written by a resolver that never saw the request: no hash to compare.
         guard try row.string("state") == DecisionState.committed.rawValue else {
             throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
+        }
+        guard try row.string("request_hash") == hash else {
+            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
         }
     }
 
@@ -260,12 +261,12 @@ public final class Bank: Sendable {
                         try await c.begin()
                         do {
                             let part = try await lockedPart(c, node: commitPoint, key: key, changes: changes, home: home, decision: decision, ranges: ranges(changes), maps: maps)
-                            try await c.commit()
                             written.withLock { $0.merge(part.written) { $1 } }
                         } catch {
                             if !c.isBroken { _ = try? await c.rollback() }
                             throw error
                         }
+                        try await Self.commitLocal(c, node: commitPoint)
                     }
                 }
             } else {
@@ -295,11 +296,18 @@ public final class Bank: Sendable {
         } catch {
             var cause: any Error = error
             if let e = error as? LedgerError, e.code == .aborted, let underlying = e.underlying { cause = underlying }
-            if cause is NotSimple { return nil }
-            if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
-            if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
-            if error is LedgerError || error is CoordinatorCrash { throw error }
-            throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
+            if let lost = cause as? CommitAnswerLost {
+                // Committed after all: fall through to the result (the balances were computed under lock).
+                guard try await learnLocalOutcome(key: key, node: lost.node, after: lost.error) == .committed else {
+                    throw LedgerError(.aborted, "\(kind) \(key) was rolled back (its commit on \(lost.node) lost its answer, and the node says it did not commit)", node: lost.node)
+                }
+            } else {
+                if cause is NotSimple { return nil }
+                if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
+                if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
+                if error is LedgerError || error is CoordinatorCrash { throw error }
+                throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
+            }
         }
         let seen = written.withLock { $0 }
         locations.withLock { l in l.merge(seen.mapValues(\.location)) { $1 } }
@@ -369,6 +377,39 @@ public final class Bank: Sendable {
         }
         let written = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
         return (written, deferFence ? missing : [])
+    }
+
+    /// A local COMMIT whose answer was lost with the connection: it may or may not have happened.
+    struct CommitAnswerLost: Error {
+        var node: String
+        var error: MariaDBError
+    }
+
+    /// COMMIT, telling a lost answer (``CommitAnswerLost``) apart from a definite failure.
+    static func commitLocal(_ c: MariaDBConnection, node: String) async throws {
+        do throws(MariaDBError) {
+            try await c.commit()
+        } catch {
+            if error.isConnectionBroken { throw CommitAnswerLost(node: node, error: error) }
+            throw error
+        }
+    }
+
+    /// After a lost COMMIT answer: the decision row on `node` says what happened; where there is
+    /// none, an `aborted` row is recorded (the primary key arbitrates against a commit still in
+    /// flight). When the node cannot be asked for ~2 s the outcome is unknown, and said so.
+    func learnLocalOutcome(key: String, node: String, after error: MariaDBError) async throws -> DecisionState {
+        var last: any Error = error
+        for _ in 0..<10 {
+            do {
+                return try await connections.withConnection(node) { try await DecisionRows.decideIfAbsent(key, on: $0) }
+            } catch {
+                last = error
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        throw LedgerError(.outcomeUnknown, "the commit of \(key) on \(node) lost its answer and \(node) does not answer; retry with the same Idempotency-Key later to learn the outcome",
+                          node: node, underlying: last)
     }
 
     static func worthRetrying(_ error: (any Error)?) -> Bool {
@@ -482,13 +523,23 @@ public final class Bank: Sendable {
             do {
                 try await connections.withConnection(commitPoint) { c in
                     try await withTaskExecutorPreference(c.executor) {
-                        try await c.transaction { c in
+                        try await c.begin()
+                        do {
                             try await branches[0].work(c)
                             try await DecisionRows.insert(decision, state: .committed, on: c)
+                        } catch {
+                            if !c.isBroken { _ = try? await c.rollback() }
+                            throw error
                         }
+                        try await Self.commitLocal(c, node: commitPoint)
                     }
                 }
+            } catch let lost as CommitAnswerLost {
+                guard try await learnLocalOutcome(key: decision.transferID, node: lost.node, after: lost.error) == .committed else {
+                    throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(lost.node) lost its answer, and the node says it did not commit)", node: lost.node)
+                }
             } catch {
+                if let e = error as? LedgerError, e.code == .nodeUnavailable { throw e }
                 throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back: \(error)", underlying: error)
             }
             return

@@ -6,6 +6,13 @@ import Synchronization
 public final class NodeConnections: Sendable {
     private let pools: Mutex<[String: MariaDBPool]>
     private let logger: Logger
+    private let health = Mutex<Health?>(nil)
+
+    /// What the health layer says about nodes (see ``watchHealth(refuse:connectionFailed:)``).
+    struct Health: Sendable {
+        var refuse: @Sendable (String) -> LedgerError?
+        var connectionFailed: @Sendable (String) -> Void
+    }
 
     public init(logger: Logger) {
         self.pools = Mutex([:])
@@ -26,17 +33,37 @@ public final class NodeConnections: Sendable {
     /// The ids of every registered node.
     public var nodes: [String] { pools.withLock { Array($0.keys).sorted() } }
 
-    /// The pool of `node`.
+    /// Wires the health view in: `refuse` is asked before a node is used and returns the error to
+    /// fail with at once when the node is down (no waiting on a dead socket); `connectionFailed` is
+    /// told of every connection error to a node (which also drops that node's idle connections).
+    public func watchHealth(refuse: @escaping @Sendable (String) -> LedgerError?, connectionFailed: @escaping @Sendable (String) -> Void) {
+        health.withLock { $0 = Health(refuse: refuse, connectionFailed: connectionFailed) }
+    }
+
+    /// The pool of `node`; fails at once when the node is not registered or is down.
     public func pool(_ node: String) throws(LedgerError) -> MariaDBPool {
         guard let pool = pools.withLock({ $0[node] }) else {
             throw LedgerError(.nodeUnavailable, "node \(node) is not registered", node: node)
         }
+        if let refused = health.withLock({ $0 })?.refuse(node) { throw refused }
         return pool
     }
 
     /// Runs `body` with a connection to `node`.
     public func withConnection<T: Sendable>(_ node: String, _ body: (MariaDBConnection) async throws -> T) async throws -> T {
-        try await pool(node).withConnection(body)
+        let pool = try pool(node)
+        do {
+            return try await pool.withConnection(body)
+        } catch let error as MariaDBError where error.isConnectionBroken {
+            connectionFailed(node)
+            throw error
+        }
+    }
+
+    /// Records a connection error to `node`: the health view marks it suspect, its idle connections go.
+    public func connectionFailed(_ node: String) {
+        pools.withLock { $0[node] }?.dropIdle()
+        health.withLock { $0 }?.connectionFailed(node)
     }
 
     /// Shuts every pool down.

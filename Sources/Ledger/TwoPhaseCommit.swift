@@ -161,7 +161,11 @@ public struct TwoPhaseCommit: Sendable {
         do {
             for branch in branches {
                 let pool = try connections.pool(branch.node)
-                let connection = try await pool.lease()
+                let connection: MariaDBConnection
+                do { connection = try await pool.lease() } catch {
+                    if error.isConnectionBroken { connections.connectionFailed(branch.node) }
+                    throw error
+                }
                 if branch.node == commitPoint {
                     // The commit point: a local transaction, kept open until the others are prepared.
                     leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: nil))
@@ -191,6 +195,8 @@ public struct TwoPhaseCommit: Sendable {
         } catch {
             await rollBack(leased, transferID: transferID)
             release(leased)
+            // A node known to be down is named as such (503 node_unavailable, not a vague abort).
+            if let e = error as? LedgerError, e.code == .nodeUnavailable { throw e }
             throw LedgerError(.aborted, "transaction \(transferID) was rolled back: \(error)", underlying: error)
         }
 
@@ -200,7 +206,15 @@ public struct TwoPhaseCommit: Sendable {
         } catch {
             // A definite server error means the local transaction is gone; a lost connection leaves
             // the decision unknown until the commit point is asked.
-            let decided = try await learnDecision(transferID, commitPoint: commitPoint, after: error)
+            let decided: DecisionState
+            do {
+                decided = try await learnDecision(transferID, commitPoint: commitPoint, after: error)
+            } catch {
+                // Outcome unknown: hang up on the participants, so their prepared branches detach
+                // from our sessions and the in-doubt resolver can finish them from the decision.
+                await abandon(leased)
+                throw error
+            }
             if decided == .aborted {
                 await rollBack(leased.filter { $0.xid != nil }, transferID: transferID)
                 release(leased)
@@ -218,6 +232,9 @@ public struct TwoPhaseCommit: Sendable {
             do {
                 try await branch.connection.xaCommit(branch.xid!)
             } catch {
+                // A prepared branch stays attached to its session: close it, or no other session
+                // (the resolver) can commit it, and the pool would hand out a session stuck in XA.
+                await branch.connection.close()
                 logger.warning("participant not committed yet; the in-doubt resolver will finish it",
                                metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
             }
@@ -248,6 +265,7 @@ public struct TwoPhaseCommit: Sendable {
             if let xid = branch.xid {
                 if !branch.prepared { _ = try? await c.xaEnd(xid) }
                 do { try await c.xaRollback(xid) } catch {
+                    await c.close() // detach the branch (see phase two)
                     logger.warning("XA ROLLBACK failed; the in-doubt resolver will finish it",
                                    metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
                 }

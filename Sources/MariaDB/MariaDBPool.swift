@@ -222,6 +222,13 @@ public final class MariaDBPool: Sendable {
         connection.closeInBackground()
     }
 
+    /// Closes every idle connection (after a connection error to the server: they are presumed dead,
+    /// and the next caller opens a fresh one instead of finding out on a dead socket).
+    public func dropIdle() {
+        let toClose = state.withLock { s in s.machine.dropIdle().compactMap { s.connections.removeValue(forKey: $0) } }
+        toClose.forEach(closeInBackground)
+    }
+
     /// Closes idle connections, fails waiters; leased connections close when they are released.
     public func shutdown() async {
         let (ids, waiters) = state.withLock { s in s.machine.shutDown() }

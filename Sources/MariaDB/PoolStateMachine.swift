@@ -107,6 +107,13 @@ public struct PoolStateMachine<ID: Hashable & Sendable>: Sendable {
         return result
     }
 
+    /// The server went away: every idle connection is presumed dead. Returns them to close (waiters
+    /// cannot exist while connections are idle, so no slot is handed over).
+    public mutating func dropIdle() -> [ID] {
+        defer { idle.removeAll() }
+        return idle.map(\.id)
+    }
+
     private mutating func freeSlot() -> SlotAction {
         guard !waiters.isEmpty, leased + opening < maxConnections else { return .none }
         opening += 1

@@ -27,10 +27,18 @@ struct Serve: AsyncParsableCommand {
             let logger = makeLogger(configuration.logLevel, label: "shardbank.serve")
             let runtime = try await BankRuntime.start(configuration, logger: logger, hook: testHook(logger: logger))
             let resolver = InDoubtResolver(connections: runtime.connections, logger: logger)
+            // Requests that need a down node fail at once; pool connection errors mark a node suspect.
+            let health = NodeHealthMonitor(cache: runtime.cache)
+            runtime.connections.watchHealth(refuse: { node in
+                let h = health.health(of: node)
+                guard h.state == .down else { return nil }
+                return LedgerError(.nodeUnavailable, "node \(node) is down (\(h.reason ?? "no heartbeat")); what needs it fails until it is back, the rest of the bank goes on", node: node)
+            }, connectionFailed: { health.connectionFailed($0) })
+            let probe = EtcdProbe(etcd: runtime.etcd, key: runtime.store.keys.clusterInfo, logger: logger)
             let app = Application(
-                router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache)),
+                router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
-                services: [runtime.cache, resolver],
+                services: [runtime.cache, resolver, probe],
                 logger: logger)
             do {
                 try await app.runService()
