@@ -132,7 +132,7 @@ let package = Package(
         .target(
             name: "Admin",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig", "Ledger",
+                "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig", "Ledger", "Health",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

@@ -50,7 +50,7 @@ public struct APIError: HTTPResponseError, Sendable {
         case let e as HTTPError:
             return APIError(e.status, "http_error", e.body ?? e.status.reasonPhrase)
         case is MetadataError:
-            return APIError(.serviceUnavailable, "metadata_unavailable", "cluster metadata is not available; retry shortly", retryAfter: 1)
+            return APIError(.serviceUnavailable, "metadata_unavailable", "cluster metadata (etcd) does not answer: opening accounts and metadata changes wait for it, while movements between existing accounts go on; retry shortly", retryAfter: 1)
         default:
             return APIError(.serviceUnavailable, "unavailable", "a storage node or etcd did not answer; nothing is known to have changed — retry with the same Idempotency-Key", retryAfter: 1)
         }

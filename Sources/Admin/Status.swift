@@ -1,5 +1,6 @@
 import ClusterMetadata
 import Foundation
+import Health
 import Sharding
 
 /// `ctl status`: the maps and the nodes, as text or JSON.
@@ -8,12 +9,22 @@ public struct ClusterStatus: Sendable {
     public var accounts: StoredMap?
     public var directory: StoredMap?
     public var nodes: [NodeInfo]
+    /// Each node's health from its agent's heartbeat. A one-shot reader judges a beat's age by the
+    /// agent's clock (`time_ms`) against this machine's; `serve` uses receipt times instead.
+    public var health: [NodeHealth] = []
 
     public static func load(store: MetadataStore) async throws -> ClusterStatus {
         async let accounts = store.loadMap(.accounts)
         async let directory = store.loadMap(.directory)
         async let nodes = store.nodes()
-        return ClusterStatus(prefix: store.keys.prefix, accounts: try await accounts, directory: try await directory, nodes: try await nodes)
+        var status = ClusterStatus(prefix: store.keys.prefix, accounts: try await accounts, directory: try await directory, nodes: try await nodes)
+        let nowMillis = Int64(Date().timeIntervalSince1970 * 1000)
+        for node in status.nodes {
+            let beat = try await store.etcd.get(store.keys.nodeHeartbeat(node.id)).flatMap { Heartbeat.decode($0.value) }
+            let age = beat.map { Duration.milliseconds(max(0, nowMillis - $0.timeMillis)) }
+            status.health.append(NodeHealth.judge(node: node.id, beat: beat, age: age, poolErrorAge: nil))
+        }
+        return status
     }
 
     /// How a bound of a map reads to a person: money for balances, the raw hash otherwise.
@@ -37,9 +48,14 @@ public struct ClusterStatus: Sendable {
             out += table(rows) + "\n"
         }
         out += "nodes\n"
-        var rows = [["NODE", "ADDRESS", "DATABASE", "TLS", "STATE"]]
-        for n in nodes { rows.append([n.id, "\(n.host):\(n.port)", n.database, n.tlsMode, n.state.rawValue]) }
+        var rows = [["NODE", "ADDRESS", "DATABASE", "TLS", "STATE", "HEALTH", "LAST BEAT"]]
+        for n in nodes {
+            let h = health.first { $0.node == n.id }
+            rows.append([n.id, "\(n.host):\(n.port)", n.database, n.tlsMode, n.state.rawValue, h?.state.rawValue ?? "-",
+                         h?.heartbeatAge.map { "\($0.milliseconds) ms ago" } ?? "none"])
+        }
         out += table(rows)
+        for h in health where h.state != .healthy { out += "  \(h.node): \(h.reason ?? h.state.rawValue)\n" }
         return out
     }
 
@@ -52,7 +68,11 @@ public struct ClusterStatus: Sendable {
         struct RangeOut: Encodable {
             var id: String, lo: Int64, hi: Int64?, from: String, to: String, node: String
         }
-        struct Out: Encodable { var prefix: String; var maps: [MapOut]; var nodes: [NodeInfo] }
+        struct HealthOut: Encodable {
+            var node: String, state: String, healthy: Bool, heartbeatAgeMs: Int64?, reason: String?
+            enum CodingKeys: String, CodingKey { case node, state, healthy, heartbeatAgeMs = "heartbeat_age_ms", reason }
+        }
+        struct Out: Encodable { var prefix: String; var maps: [MapOut]; var nodes: [NodeInfo]; var health: [HealthOut] }
         let maps = [accounts, directory].compactMap { $0 }.map { s in
             MapOut(name: s.map.name, version: s.map.version, key: s.map.keyKind, modRevision: s.modRevision, ranges: s.map.ranges.map {
                 RangeOut(id: $0.id, lo: $0.lowerBound, hi: $0.upperBound, from: Self.bound($0.lowerBound, keyKind: s.map.keyKind),
@@ -61,7 +81,9 @@ public struct ClusterStatus: Sendable {
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(Out(prefix: prefix, maps: maps, nodes: nodes)), as: UTF8.self) + "\n"
+        return String(decoding: try encoder.encode(Out(prefix: prefix, maps: maps, nodes: nodes, health: health.map {
+            HealthOut(node: $0.node, state: $0.state.rawValue, healthy: $0.state == .healthy, heartbeatAgeMs: $0.heartbeatAge?.milliseconds, reason: $0.reason)
+        })), as: UTF8.self) + "\n"
     }
 
     private func table(_ rows: [[String]]) -> String {
