@@ -79,9 +79,11 @@ public final class NodeAgent: Service, Sendable {
             var next = clock.now
             while !Task.isCancelled {
                 await beat()
-                // Unregistered (the database failed, or etcd lost the lease): look four times as
-                // often, so a node that comes back is healthy again within a fraction of a beat.
-                next = next.advanced(by: machine.registered ? agent.options.interval : agent.options.interval / 4)
+                // After a failed check or while unregistered (the database failed, or etcd lost the
+                // lease): look four times as often, so a node that comes back is healthy again
+                // within a fraction of a beat.
+                let steady = machine.registered && machine.consecutiveFailures == 0
+                next = next.advanced(by: steady ? agent.options.interval : agent.options.interval / 4)
                 if next < clock.now { next = clock.now } // a slow beat (etcd or the database hung): no burst to catch up
                 try? await clock.sleep(until: next)
             }
