@@ -10,25 +10,21 @@ import Testing
 
 /// A bootstrapped three-node cluster (seed layout) and a Bank over it.
 private func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
-    try await withCluster(nodes: 3, etcd: 1) { cluster in
-        let configuration = try await configurationFor(cluster)
-        try await withEtcd(cluster) { etcd in
-            try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
-            let connections = NodeConnections(logger: testLogger)
-            for node in ["node1", "node2", "node3"] {
-                await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
-            }
-            let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
-            let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
-            let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
-            do {
-                try await body(cluster, bank, connections)
-            } catch {
-                await connections.shutdown()
-                throw error
-            }
-            await connections.shutdown()
+    try await withInitialisedCluster { cluster, etcd in
+        let connections = NodeConnections(logger: testLogger)
+        for node in ["node1", "node2", "node3"] {
+            await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
         }
+        let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
+        let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+        let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
+        do {
+            try await body(cluster, bank, connections)
+        } catch {
+            await connections.shutdown()
+            throw error
+        }
+        await connections.shutdown()
     }
 }
 

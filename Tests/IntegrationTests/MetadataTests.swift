@@ -82,14 +82,24 @@ struct MetadataTests {
                 let store = MetadataStore(etcd: etcd, keys: keys)
                 _ = try await store.saveMap(SeedLayout.accountsMap(), as: .accounts, expectedRevision: 0)
                 try await store.register(NodeInfo(id: "node1", host: "127.0.0.1", port: 1, database: "bank_db"))
+                // The watches use a follower (hanging the leader would stall the writes below until a
+                // new leader is elected, and their answers would be lost).
+                let endpoints = cluster.description.etcd.endpoints
+                var hung = 0
+                for (i, endpoint) in endpoints.enumerated() {
+                    let status = try await etcd.status(endpoint: endpoint)
+                    if status.memberID != status.leader { hung = i; break }
+                }
+                let hungMember = cluster.description.etcd.members[hung].name
+                let others = endpoints.enumerated().filter { $0.offset != hung }.map(\.element)
                 // Each watcher has its own client, as separate processes would. Their hang checks run
                 // every 3 s, so the compaction below (milliseconds after the hang) is always first.
                 let clients = (0..<3).map { _ in
-                    EtcdClient(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints,
+                    EtcdClient(configuration: EtcdConfiguration(endpoints: [endpoints[hung]] + others,
                                                                 watchHealthInterval: .seconds(3)), logger: testLogger)
                 }
                 let caches = clients.map { MetadataCache(store: MetadataStore(etcd: $0, keys: keys), logger: testLogger) }
-                defer { try? cluster.resume("etcd1") }
+                defer { try? cluster.resume(hungMember) }
                 var failure: (any Error)?
                 do { try await withThrowingTaskGroup(of: Void.self) { group in
                     for cache in caches { group.addTask { try await cache.run() } }
@@ -113,8 +123,7 @@ struct MetadataTests {
                     // open and silent), change things and compact through a client of the other members
                     // before the watches' hang checks notice; they must then resume by reloading.
                     let before = caches.map(\.snapshot.reloads)
-                    let others = Array(cluster.description.etcd.endpoints.dropFirst())
-                    try cluster.pause("etcd1")
+                    try cluster.pause(hungMember)
                     try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: others), logger: testLogger) { writer in
                         try await MetadataStore(etcd: writer, keys: keys)
                             .register(NodeInfo(id: "node2", host: "127.0.0.1", port: 2, database: "bank_db"))
@@ -127,7 +136,7 @@ struct MetadataTests {
                         #expect(s.accounts?.map.version == 11)
                     }
                     #expect(caches.map(\.snapshot.reloads) == before.map { $0 + 1 })
-                    try cluster.resume("etcd1")
+                    try cluster.resume(hungMember)
                     group.cancelAll()
                 } } catch { failure = error }
                 for c in clients { try await c.shutdown() }

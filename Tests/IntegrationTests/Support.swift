@@ -1,3 +1,4 @@
+import Admin
 import Etcd
 import Foundation
 import LocalCluster
@@ -56,4 +57,16 @@ func withEtcd<T>(_ cluster: LocalCluster, username: String? = nil, password: Str
                  _ body: (EtcdClient) async throws -> T) async throws -> T {
     try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: cluster.description.etcd.endpoints, username: username, password: password,
                                                                requestTimeout: requestTimeout), logger: testLogger, body)
+}
+
+/// Runs `body` with a fresh three-node cluster initialised by `ctl init` (seed layout) and an etcd
+/// client to it.
+func withInitialisedCluster(_ body: (inout LocalCluster, EtcdClient) async throws -> Void) async throws {
+    try await withCluster(nodes: 3, etcd: 1) { cluster in
+        let configuration = try await configurationFor(cluster)
+        try await withEtcd(cluster) { etcd in
+            try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+            try await body(&cluster, etcd)
+        }
+    }
 }
