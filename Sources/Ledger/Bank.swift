@@ -256,18 +256,9 @@ public final class Bank: Sendable {
 
         do {
             if order.count == 1 {
-                try await connections.withConnection(commitPoint) { c in
-                    try await withTaskExecutorPreference(c.executor) {
-                        try await c.begin()
-                        do {
-                            let part = try await lockedPart(c, node: commitPoint, key: key, changes: changes, home: home, decision: decision, ranges: ranges(changes), maps: maps)
-                            written.withLock { $0.merge(part.written) { $1 } }
-                        } catch {
-                            if !c.isBroken { _ = try? await c.rollback() }
-                            throw error
-                        }
-                        try await Self.commitLocal(c, node: commitPoint)
-                    }
+                try await localTransaction(on: commitPoint, decision: decision) { c in
+                    let part = try await self.lockedPart(c, node: commitPoint, key: key, changes: changes, home: home, decision: decision, ranges: ranges(changes), maps: maps)
+                    written.withLock { $0.merge(part.written) { $1 } }
                 }
             } else {
                 let pointRanges = Mutex<[String]>([])
@@ -296,18 +287,11 @@ public final class Bank: Sendable {
         } catch {
             var cause: any Error = error
             if let e = error as? LedgerError, e.code == .aborted, let underlying = e.underlying { cause = underlying }
-            if let lost = cause as? CommitAnswerLost {
-                // Committed after all: fall through to the result (the balances were computed under lock).
-                guard try await learnLocalOutcome(key: key, node: lost.node, after: lost.error) == .committed else {
-                    throw LedgerError(.aborted, "\(kind) \(key) was rolled back (its commit on \(lost.node) lost its answer, and the node says it did not commit)", node: lost.node)
-                }
-            } else {
-                if cause is NotSimple { return nil }
-                if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
-                if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
-                if error is LedgerError || error is CoordinatorCrash { throw error }
-                throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
-            }
+            if cause is NotSimple { return nil }
+            if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
+            if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
+            if error is LedgerError || error is CoordinatorCrash { throw error }
+            throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
         }
         let seen = written.withLock { $0 }
         locations.withLock { l in l.merge(seen.mapValues(\.location)) { $1 } }
@@ -379,19 +363,33 @@ public final class Bank: Sendable {
         return (written, deferFence ? missing : [])
     }
 
-    /// A local COMMIT whose answer was lost with the connection: it may or may not have happened.
-    struct CommitAnswerLost: Error {
-        var node: String
-        var error: MariaDBError
-    }
-
-    /// COMMIT, telling a lost answer (``CommitAnswerLost``) apart from a definite failure.
-    static func commitLocal(_ c: MariaDBConnection, node: String) async throws {
-        do throws(MariaDBError) {
-            try await c.commit()
-        } catch {
-            if error.isConnectionBroken { throw CommitAnswerLost(node: node, error: error) }
-            throw error
+    /// One local transaction on `node` that writes `decision`'s row: `body`, then COMMIT. Errors of
+    /// `body` roll back and are rethrown as they are. A COMMIT whose answer is lost with the
+    /// connection may or may not have happened: the node's decision row settles it (see
+    /// ``learnLocalOutcome``) — committed returns normally, rolled back throws `.aborted`, no answer
+    /// throws `.outcomeUnknown`.
+    private func localTransaction(on node: String, decision: DecisionRecord, _ body: @escaping @Sendable (MariaDBConnection) async throws -> Void) async throws {
+        let lost: MariaDBError? = try await connections.withConnection(node) { c in
+            try await withTaskExecutorPreference(c.executor) {
+                try await c.begin()
+                do {
+                    try await body(c)
+                } catch {
+                    if !c.isBroken { _ = try? await c.rollback() }
+                    throw error
+                }
+                do throws(MariaDBError) {
+                    try await c.commit()
+                    return nil
+                } catch {
+                    guard error.isConnectionBroken else { throw error }
+                    return error
+                }
+            }
+        }
+        guard let lost else { return }
+        guard try await learnLocalOutcome(key: decision.transferID, node: node, after: lost) == .committed else {
+            throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(node) lost its answer, and the node says it did not commit)", node: node)
         }
     }
 
@@ -521,25 +519,13 @@ public final class Bank: Sendable {
         }
         if branches.count == 1 {
             do {
-                try await connections.withConnection(commitPoint) { c in
-                    try await withTaskExecutorPreference(c.executor) {
-                        try await c.begin()
-                        do {
-                            try await branches[0].work(c)
-                            try await DecisionRows.insert(decision, state: .committed, on: c)
-                        } catch {
-                            if !c.isBroken { _ = try? await c.rollback() }
-                            throw error
-                        }
-                        try await Self.commitLocal(c, node: commitPoint)
-                    }
+                try await localTransaction(on: commitPoint, decision: decision) { c in
+                    try await branches[0].work(c)
+                    try await DecisionRows.insert(decision, state: .committed, on: c)
                 }
-            } catch let lost as CommitAnswerLost {
-                guard try await learnLocalOutcome(key: decision.transferID, node: lost.node, after: lost.error) == .committed else {
-                    throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(lost.node) lost its answer, and the node says it did not commit)", node: lost.node)
-                }
+            } catch let error as LedgerError {
+                throw error // a down node, or a lost COMMIT answer settled (or not) by asking the node
             } catch {
-                if let e = error as? LedgerError, e.code == .nodeUnavailable { throw e }
                 throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back: \(error)", underlying: error)
             }
             return

@@ -45,7 +45,11 @@ public final class NodeConnections: Sendable {
         guard let pool = pools.withLock({ $0[node] }) else {
             throw LedgerError(.nodeUnavailable, "node \(node) is not registered", node: node)
         }
-        if let refused = health.withLock({ $0 })?.refuse(node) { throw refused }
+        if let refused = health.withLock({ $0 })?.refuse(node) {
+            // Its idle connections died with it (or will be useless): when it is back, new ones.
+            pool.dropIdle()
+            throw refused
+        }
         return pool
     }
 
