@@ -18,11 +18,15 @@ public struct ClusterStatus: Sendable {
         async let directory = store.loadMap(.directory)
         async let nodes = store.nodes()
         var status = ClusterStatus(prefix: store.keys.prefix, accounts: try await accounts, directory: try await directory, nodes: try await nodes)
+        // Every heartbeat in one read.
+        var beats: [String: Heartbeat] = [:]
+        for kv in try await store.etcd.range(.prefix(store.keys.prefix + "node/")).kvs {
+            if let (id, leaf) = store.keys.parseNodeKey(kv.key), leaf == "heartbeat" { beats[id] = Heartbeat.decode(kv.value) }
+        }
         let nowMillis = Int64(Date().timeIntervalSince1970 * 1000)
-        for node in status.nodes {
-            let beat = try await store.etcd.get(store.keys.nodeHeartbeat(node.id)).flatMap { Heartbeat.decode($0.value) }
-            let age = beat.map { Duration.milliseconds(max(0, nowMillis - $0.timeMillis)) }
-            status.health.append(NodeHealth.judge(node: node.id, beat: beat, age: age, poolErrorAge: nil))
+        status.health = status.nodes.map { node in
+            let beat = beats[node.id]
+            return NodeHealth.judge(node: node.id, beat: beat, age: beat.map { .milliseconds(max(0, nowMillis - $0.timeMillis)) }, poolErrorAge: nil)
         }
         return status
     }

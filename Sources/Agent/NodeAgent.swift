@@ -12,6 +12,10 @@ import ServiceLifecycle
 /// lease, so the node shows as down everywhere at once; when the database answers again, or etcd
 /// comes back after losing the lease, it registers again. On graceful shutdown (SIGTERM) it revokes
 /// the lease. The decisions are ``AgentStateMachine``'s; this type only does the I/O.
+///
+/// Not built on ``LeaseKeepAlive``: that service keeps a lease alive unconditionally, while here the
+/// lease's life follows the database's checks (revoked after failures, granted again on recovery),
+/// and every keep-alive travels with the beat's put.
 public final class NodeAgent: Service, Sendable {
     public struct Options: Sendable {
         public var node: String
@@ -149,16 +153,15 @@ public final class NodeAgent: Service, Sendable {
                     connection = c
                 }
                 _ = try await c.query("SELECT 1")
-                let latency = (ContinuousClock.now - start)
+                let latency = ContinuousClock.now - start
                 if ranges.isEmpty || sequence % Int64(agent.options.countEvery) == 0 {
                     ranges = try await Self.countRows(c)
                 }
-                return Heartbeat.Database(ok: true, latencyMicros: latency.milliseconds * 1000 + Int64(latency.components.attoseconds / 1_000_000_000_000 % 1000))
+                return Heartbeat.Database(ok: true, latencyMicros: latency.microseconds)
             } catch {
                 if let c = connection { await c.close() }
                 connection = nil
-                let latency = ContinuousClock.now - start
-                return Heartbeat.Database(ok: false, latencyMicros: latency.milliseconds * 1000, error: "\(error)")
+                return Heartbeat.Database(ok: false, latencyMicros: (ContinuousClock.now - start).microseconds, error: "\(error)")
             }
         }
 

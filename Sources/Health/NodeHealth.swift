@@ -50,8 +50,11 @@ public struct NodeHealth: Sendable, Hashable {
 
 extension Duration {
     /// Whole milliseconds, rounded down.
-    public var milliseconds: Int64 {
+    public var milliseconds: Int64 { microseconds / 1000 }
+
+    /// Whole microseconds, rounded down.
+    public var microseconds: Int64 {
         let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
     }
 }

@@ -13,6 +13,21 @@ enum AccountSQL {
         }
     }
 
+    /// The tail of an `INSERT … SELECT` (or a bare `SELECT 1`) that yields one row only if every
+    /// accounts-map range in `ranges` is active on this node. `INSERT … SELECT` reads
+    /// `range_ownership` with shared locks held to the end of the transaction — the fence, folded
+    /// into a write the transaction makes anyway, so a range handover waits for it.
+    static func activeRanges(_ ranges: [String]) -> (sql: String, parameters: [MariaDBValue]) {
+        ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", "))) HAVING COUNT(*) = ?",
+         ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+    }
+
+    /// The same fence as a read of its own (shared locks), for when no write can carry it.
+    static func fenceActive(_ c: MariaDBConnection, ranges: [String]) async throws -> Bool {
+        let fence = activeRanges(ranges)
+        return try await !c.execute("SELECT 1 AS ok \(fence.sql) LOCK IN SHARE MODE", fence.parameters).rows.isEmpty
+    }
+
     struct Row: Sendable {
         var accountID: Int64
         var customerName: String
@@ -75,18 +90,14 @@ enum AccountSQL {
                             postings.flatMap { [MariaDBValue.int($0.account), .string(transferID), .money(minorUnits: $0.amount), .money(minorUnits: $0.balanceAfter)] })
     }
 
-    /// One posting, inserted only if every accounts-map range in `ranges` is active on this node:
-    /// `INSERT … SELECT` reads `range_ownership` with shared locks, so this is also the fence.
-    /// Returns false (nothing inserted) when a range is not active here.
+    /// One posting, inserted only if every accounts-map range in `ranges` is active on this node
+    /// (the fence, ``activeRanges(_:)``). Returns false (nothing inserted) when one is not.
     static func journalFenced(_ c: MariaDBConnection, transferID: String, posting: (account: Int64, amount: Int64, balanceAfter: Int64),
                               ranges: [String]) async throws -> Bool {
-        let result = try await c.execute("""
-            INSERT INTO journal (account_id, transfer_id, amount, balance_after)
-            SELECT ?, ?, ?, ? FROM range_ownership
-            WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", ")))
-            HAVING COUNT(*) = ?
-            """, [.int(posting.account), .string(transferID), .money(minorUnits: posting.amount), .money(minorUnits: posting.balanceAfter)]
-                + ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+        let fence = activeRanges(ranges)
+        let result = try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) SELECT ?, ?, ?, ? \(fence.sql)",
+                                         [.int(posting.account), .string(transferID), .money(minorUnits: posting.amount), .money(minorUnits: posting.balanceAfter)]
+                                            + fence.parameters)
         return result.affectedRows == 1
     }
 

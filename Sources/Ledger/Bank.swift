@@ -349,9 +349,7 @@ public final class Bank: Sendable {
         let missing = needed.subtracting(fenced).sorted()
         let fenceWithPosting = !missing.isEmpty && !deferFence && postings.count == 1
         if !missing.isEmpty && !deferFence && !fenceWithPosting {
-            let active = try await c.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(missing.map { _ in "?" }.joined(separator: ", "))) LOCK IN SHARE MODE",
-                                             missing.map(MariaDBValue.string)).rows.first?.int64("n")
-            guard active == Int64(missing.count) else { throw NotSimple() }
+            guard try await AccountSQL.fenceActive(c, ranges: missing) else { throw NotSimple() }
         }
         try await AccountSQL.update(c, updates)
         if fenceWithPosting {
@@ -366,7 +364,7 @@ public final class Bank: Sendable {
     /// One local transaction on `node` that writes `decision`'s row: `body`, then COMMIT. Errors of
     /// `body` roll back and are rethrown as they are. A COMMIT whose answer is lost with the
     /// connection may or may not have happened: the node's decision row settles it (see
-    /// ``learnLocalOutcome``) — committed returns normally, rolled back throws `.aborted`, no answer
+    /// ``TwoPhaseCommit/learnDecision(_:commitPoint:after:)``) — committed returns normally, rolled back throws `.aborted`, no answer
     /// throws `.outcomeUnknown`.
     private func localTransaction(on node: String, decision: DecisionRecord, _ body: @escaping @Sendable (MariaDBConnection) async throws -> Void) async throws {
         let lost: MariaDBError? = try await connections.withConnection(node) { c in
@@ -388,26 +386,9 @@ public final class Bank: Sendable {
             }
         }
         guard let lost else { return }
-        guard try await learnLocalOutcome(key: decision.transferID, node: node, after: lost) == .committed else {
+        guard try await twoPhase.learnDecision(decision.transferID, commitPoint: node, after: lost) == .committed else {
             throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(node) lost its answer, and the node says it did not commit)", node: node)
         }
-    }
-
-    /// After a lost COMMIT answer: the decision row on `node` says what happened; where there is
-    /// none, an `aborted` row is recorded (the primary key arbitrates against a commit still in
-    /// flight). When the node cannot be asked for ~2 s the outcome is unknown, and said so.
-    func learnLocalOutcome(key: String, node: String, after error: MariaDBError) async throws -> DecisionState {
-        var last: any Error = error
-        for _ in 0..<10 {
-            do {
-                return try await connections.withConnection(node) { try await DecisionRows.decideIfAbsent(key, on: $0) }
-            } catch {
-                last = error
-                try? await Task.sleep(for: .milliseconds(200))
-            }
-        }
-        throw LedgerError(.outcomeUnknown, "the commit of \(key) on \(node) lost its answer and \(node) does not answer; retry with the same Idempotency-Key later to learn the outcome",
-                          node: node, underlying: last)
     }
 
     static func worthRetrying(_ error: (any Error)?) -> Bool {

@@ -33,33 +33,26 @@ public enum DecisionState: String, Sendable {
 
 /// SQL of the decision rows, shared by the coordinator and the resolver.
 enum DecisionRows {
+    private static let columns = "transfer_id, kind, state, from_account, to_account, amount, request_hash, participants"
+
+    private static func values(_ record: DecisionRecord, _ state: DecisionState) -> [MariaDBValue] {
+        [.string(record.transferID), .string(record.kind), .string(state.rawValue),
+         record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
+         .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ","))]
+    }
+
     static func insert(_ record: DecisionRecord, state: DecisionState, on c: MariaDBConnection) async throws(MariaDBError) {
-        try await c.execute("""
-            INSERT INTO transfers (transfer_id, kind, state, from_account, to_account, amount, request_hash, participants)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            """, [
-                .string(record.transferID), .string(record.kind), .string(state.rawValue),
-                record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
-                .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ",")),
-            ])
+        try await c.execute("INSERT INTO transfers (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values(record, state))
     }
 
     /// Inserts a committed decision row only if every accounts-map range in `ranges` is active on this
     /// node. One statement is both the idempotency check (a second attempt with the key fails with
-    /// 1062) and the fence: `INSERT … SELECT` reads `range_ownership` with shared locks, as the fence
-    /// read does, so a range handover waits for this transaction. Returns false (nothing written)
-    /// when a range is not active here.
+    /// 1062) and the fence (``AccountSQL/activeRanges(_:)``). Returns false (nothing written) when a
+    /// range is not active here.
     static func insertFenced(_ record: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
-        let result = try await c.execute("""
-            INSERT INTO transfers (transfer_id, kind, state, from_account, to_account, amount, request_hash, participants)
-            SELECT ?, ?, 'committed', ?, ?, ?, ?, ? FROM range_ownership
-            WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", ")))
-            HAVING COUNT(*) = ?
-            """, [
-                .string(record.transferID), .string(record.kind),
-                record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
-                .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ",")),
-            ] + ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+        let fence = AccountSQL.activeRanges(ranges)
+        let result = try await c.execute("INSERT INTO transfers (\(columns)) SELECT ?, ?, ?, ?, ?, ?, ?, ? \(fence.sql)",
+                                         values(record, .committed) + fence.parameters)
         return result.affectedRows == 1
     }
 
@@ -242,8 +235,12 @@ public struct TwoPhaseCommit: Sendable {
         release(leased)
     }
 
-    /// After a failed COMMIT on the commit point: the decision that stands there.
-    private func learnDecision(_ transferID: String, commitPoint: String, after error: any Error) async throws -> DecisionState {
+    /// After a failed COMMIT on `commitPoint` (a two-phase commit's, or a local transaction's): the
+    /// decision that stands there. A definite server error means nothing was committed; a lost
+    /// connection is settled by the decision row — where there is none, an `aborted` row is recorded
+    /// (the primary key arbitrates against a commit still in flight). When the node cannot be asked
+    /// for ~2 s the outcome is unknown, and said so.
+    func learnDecision(_ transferID: String, commitPoint: String, after error: any Error) async throws -> DecisionState {
         if let e = error as? MariaDBError, !e.isConnectionBroken { return .aborted }
         for attempt in 0..<10 {
             do {
@@ -253,7 +250,7 @@ public struct TwoPhaseCommit: Sendable {
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
-        throw LedgerError(.outcomeUnknown, "the commit point \(commitPoint) did not answer after the commit of \(transferID); the in-doubt resolver will finish it",
+        throw LedgerError(.outcomeUnknown, "the commit of \(transferID) on \(commitPoint) lost its answer and \(commitPoint) does not answer; retry with the same Idempotency-Key later to learn the outcome (prepared branches are finished by the in-doubt resolver)",
                           node: commitPoint, underlying: error)
     }
 
