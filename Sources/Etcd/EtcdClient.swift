@@ -156,15 +156,20 @@ public final class EtcdClient: Sendable {
         let start = clock.now
         var attempts = 0
         // A member that answers "unavailable" (no leader: an election is under way) is alive, so the
-        // call goes round the members again until `leaderElectionWait` runs out. Members that
-        // refuse connections or time out get one try each: an unreachable etcd fails fast.
+        // call goes round the members again until `leaderElectionWait` runs out. A read that timed
+        // out may have waited on a leader that is gone (a linearizable read blocks through the
+        // election), and reads are safe to repeat, so reads go round again too — unless there is one
+        // member, which holds no election. Members that refuse connections get one try each: an
+        // unreachable etcd fails fast.
         var sawLiveMember = false
+        var readTimedOut = false
         while true {
             if attempts >= configuration.endpoints.count {
-                guard sawLiveMember, clock.now - start < configuration.leaderElectionWait else { break }
+                guard sawLiveMember || readTimedOut, clock.now - start < configuration.leaderElectionWait else { break }
                 try? await Task.sleep(for: .milliseconds(100))
                 attempts = 0
                 sawLiveMember = false
+                readTimedOut = false
             }
             attempts += 1
             if state.withLock({ $0.isShutDown }) { throw EtcdError(code: .shutDown, message: "the etcd client is shut down") }
@@ -182,6 +187,7 @@ public final class EtcdClient: Sendable {
             } catch {
                 endpointFailed(index)
                 if error.code == .unavailable || !mutation {
+                    if error.code == .outcomeUnknown && configuration.endpoints.count > 1 { readTimedOut = true }
                     logger.debug("etcd member failed; trying another", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
                     lastError = error
                     continue

@@ -15,8 +15,8 @@ public struct EtcdConfiguration: Sendable {
     /// How often a watch checks that its member still answers (a SIGSTOPped member keeps its TCP
     /// connection open and silent).
     public var watchHealthInterval: Duration
-    /// How long a call keeps trying while live members report no leader (an election after the
-    /// leader died takes one to a few election timeouts).
+    /// How long a call keeps trying while live members report no leader, or while reads time out
+    /// (an election after the leader died takes one to a few election timeouts).
     public var leaderElectionWait: Duration
 
     public init(endpoints: [String], username: String? = nil, password: String? = nil,

@@ -135,21 +135,34 @@ struct EtcdClientTests {
         }
     }
 
-    @Test("a mutation whose answer is lost reports outcome unknown instead of being replayed")
+    @Test("a mutation whose answer is lost reports outcome unknown instead of being replayed; reads wait out the election")
     func outcomeUnknown() async throws {
         try await withCluster(nodes: 0, etcd: 3) { cluster in
-            try await withEtcd(cluster, requestTimeout: .milliseconds(500)) { etcd in
-            try await etcd.put("/o/a", "1") // opens a keep-alive connection to etcd1
-            try cluster.pause("etcd1")
-            do {
-                try await etcd.put("/o/a", "2")
-                Issue.record("a put to a hung member succeeded without failover being reported")
-            } catch let error as EtcdError {
-                #expect(error.code == .outcomeUnknown)
+            // The leader goes first, so hanging it both loses the put's answer and starts an election
+            // during which linearizable reads on the other members block.
+            let members = cluster.description.etcd.members
+            let leader = try await withEtcd(cluster) { etcd in
+                var found: String?
+                for member in members {
+                    let status = try await etcd.status(endpoint: member.clientURL)
+                    if status.leader == status.memberID { found = member.name }
+                }
+                return try #require(found)
             }
-            // Reads move on to a live member.
-            #expect(try await etcd.get("/o/a") != nil)
-            try cluster.resume("etcd1")
+            let ordered = members.filter { $0.name == leader } + members.filter { $0.name != leader }
+            let configuration = EtcdConfiguration(endpoints: ordered.map(\.clientURL), requestTimeout: .milliseconds(500))
+            try await EtcdClient.with(configuration: configuration, logger: testLogger) { etcd in
+                try await etcd.put("/o/a", "1") // opens a keep-alive connection to the leader
+                try cluster.pause(leader)
+                do {
+                    try await etcd.put("/o/a", "2")
+                    Issue.record("a put to a hung member succeeded without failover being reported")
+                } catch let error as EtcdError {
+                    #expect(error.code == .outcomeUnknown)
+                }
+                // Reads move on to the live members and wait there for the new leader.
+                #expect(try await etcd.get("/o/a") != nil)
+                try cluster.resume(leader)
             }
         }
     }
