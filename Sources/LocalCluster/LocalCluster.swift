@@ -298,7 +298,7 @@ public struct LocalCluster: Sendable {
     public mutating func restart(_ member: String) async throws {
         let pid = try pid(of: member)
         guard !member.hasPrefix("agent-") else {
-            throw LocalClusterError("\(member) cannot be restarted from here: pause/resume it (SIGSTOP/SIGCONT), or start `shardbank agent` again by hand")
+            throw LocalClusterError("\(member) is a shardbank process, not a server of the cluster: restart it with `shardbank demo restart \(member)`, which knows the executable")
         }
         if owns(pid) { Processes.terminate(pid) }
         if let i = description.nodes.firstIndex(where: { $0.id == member }) {

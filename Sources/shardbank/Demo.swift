@@ -1,4 +1,5 @@
 import Admin
+import ClusterMetadata
 import ArgumentParser
 import Foundation
 import LocalCluster
@@ -14,7 +15,7 @@ struct Demo: AsyncParsableCommand {
             writes DIR/shardbank.json (a configuration file the other commands accept) and \
             DIR/cluster.json (ports, pids, passwords). `demo down` stops every process `up` started, and \
             nothing else. Members are named node1…, etcd1… and agent-node1…; kill, stop, cont and \
-            restart take these names (agents: kill, stop, cont).
+            restart take these names.
             """,
         subcommands: [Up.self, Down.self, Kill.self, Stop.self, Cont.self, Restart.self])
 
@@ -53,8 +54,7 @@ struct Demo: AsyncParsableCommand {
                     let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
                     for node in cluster.description.nodes where !node.spare {
                         progress("starting shardbank agent for \(node.id)")
-                        let pid = try Processes.spawn(executable, ["agent", "--node", node.id, "--config", configPath], logFile: cluster.dir + "/agent-\(node.id).log")
-                        try cluster.setAgent(node: node.id, pid: pid)
+                        try startAgent(&cluster, node: node.id)
                     }
                     progress("starting shardbank serve on 127.0.0.1:\(apiPort)")
                     let url = "http://127.0.0.1:\(apiPort)"
@@ -137,14 +137,47 @@ struct Demo: AsyncParsableCommand {
     }
 
     struct Restart: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stop a member gracefully if it runs, start it again with its data, wait until it answers.")
+        static let configuration = CommandConfiguration(
+            abstract: "Stop a member gracefully if it runs, start it again with its data, wait until it answers.",
+            discussion: "An agent (agent-node1…) is started again with the cluster's configuration; the command waits until its heartbeat is in etcd.")
         @OptionGroup var arguments: MemberArguments
         func run() async throws {
             try await reportingErrors {
-                var cluster = try LocalCluster.load(dir: arguments.location.dir, logger: makeLogger(.warning))
-                try await cluster.restart(arguments.member)
-                print("restarted \(arguments.member) (pid \(try cluster.pid(of: arguments.member)))")
+                let logger = makeLogger(.warning)
+                var cluster = try LocalCluster.load(dir: arguments.location.dir, logger: logger)
+                let member = arguments.member
+                guard member.hasPrefix("agent-") else {
+                    try await cluster.restart(member)
+                    print("restarted \(member) (pid \(try cluster.pid(of: member)))")
+                    return
+                }
+                let node = String(member.dropFirst("agent-".count))
+                let old = try cluster.pid(of: member)
+                // SIGTERM: the old agent revokes its lease, so the new one registers afresh.
+                if cluster.owns(old) { Processes.terminate(old) }
+                let pid = try startAgent(&cluster, node: node)
+                let configuration = try await ShardBankConfiguration.load(file: cluster.dir + "/shardbank.json")
+                let key = MetadataKeys(prefix: configuration.etcdPrefix).nodeHeartbeat(node)
+                let deadline = ContinuousClock.now + .seconds(15)
+                try await withEtcd(configuration, logger: logger) { etcd in
+                    while try await etcd.get(key) == nil {
+                        guard Processes.isAlive(pid) else { throw CLIError("the agent of \(node) exited during start-up; see \(cluster.dir)/agent-\(node).log") }
+                        guard ContinuousClock.now < deadline else { throw CLIError("the agent of \(node) (pid \(pid)) wrote no heartbeat within 15 s; see \(cluster.dir)/agent-\(node).log") }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                }
+                print("restarted \(member) (pid \(pid)); its heartbeat is in etcd")
             }
         }
     }
+}
+
+/// Starts `shardbank agent` for `node` with the cluster's configuration file and records its pid.
+@discardableResult
+private func startAgent(_ cluster: inout LocalCluster, node: String) throws -> Int32 {
+    let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+    let pid = try Processes.spawn(executable, ["agent", "--node", node, "--config", cluster.dir + "/shardbank.json"],
+                                  logFile: cluster.dir + "/agent-\(node).log")
+    try cluster.setAgent(node: node, pid: pid)
+    return pid
 }
