@@ -97,7 +97,8 @@ public enum TwoPhaseStep: Sendable, Hashable {
 ///
 /// Participants run in the order given (callers order them by account id, so that concurrent
 /// transactions lock in one global order and cannot deadlock across nodes), each as an XA branch
-/// that is prepared before the commit point commits. After the decision the participants are
+/// that is prepared before the commit point commits (its prepare overlaps the next branch's work).
+/// After the decision the participants are
 /// committed; any that cannot be reached stay prepared until the ``InDoubtResolver`` finishes them.
 public struct TwoPhaseCommit: Sendable {
     public typealias Work = @Sendable (MariaDBConnection) async throws -> Void
@@ -138,9 +139,10 @@ public struct TwoPhaseCommit: Sendable {
     /// `commitPoint` runs as a local transaction opened at its place in that order and committed,
     /// with the decision row, after every other branch is prepared. `decide` writes that row on the
     /// commit point's connection (by default a plain insert of `decision`; a caller may fold checks
-    /// into the statement and throw to abort). It runs after the last prepare, never earlier: a
-    /// retry holding an uncommitted decision row while it waits for a prepared branch's locks would
-    /// block the resolver that must decide that branch. Returns when the decision is committed;
+    /// into the statement and throw to abort). It runs once every branch's work is done (while the
+    /// last prepares finish), never earlier: a retry holding an uncommitted decision row while it
+    /// waits for a prepared branch's locks would block the resolver that must decide that branch.
+    /// The commit comes only after every prepare answered. Returns when the decision is committed;
     /// throws `.aborted` when everything was rolled back, `.outcomeUnknown` when the decision could
     /// not be learnt.
     public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String,
@@ -152,35 +154,8 @@ public struct TwoPhaseCommit: Sendable {
         }
         var leased: [Leased] = []
         do {
-            for branch in branches {
-                let pool = try connections.pool(branch.node)
-                let connection: MariaDBConnection
-                do { connection = try await pool.lease() } catch {
-                    if error.isConnectionBroken { connections.connectionFailed(branch.node) }
-                    throw error
-                }
-                if branch.node == commitPoint {
-                    // The commit point: a local transaction, kept open until the others are prepared.
-                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: nil))
-                    try await connection.begin()
-                    try await branch.work(connection)
-                    continue
-                }
-                let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint)
-                leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: xid))
-                try await connection.xaStart(xid)
-                try await branch.work(connection)
-                try await connection.xaEnd(xid)
-                try await connection.xaPrepare(xid)
-                leased[leased.count - 1].prepared = true
-                try await hook?(.prepared(node: branch.node))
-            }
-            let point = leased.first { $0.xid == nil }!
-            if let decide {
-                try await decide(point.connection)
-            } else {
-                try await DecisionRows.insert(decision, state: .committed, on: point.connection)
-            }
+            let decide = decide ?? { try await DecisionRows.insert(decision, state: .committed, on: $0) }
+            try await phaseOne(branches, transferID: transferID, commitPoint: commitPoint, decide: decide, leased: &leased)
             try await hook?(.beforeDecision)
         } catch is CoordinatorCrash {
             await abandon(leased)
@@ -233,6 +208,66 @@ public struct TwoPhaseCommit: Sendable {
             }
         }
         release(leased)
+    }
+
+    /// Phase one: runs every branch's work in order, each participant's inside its XA branch,
+    /// prepares the participants and writes the decision row (uncommitted). A participant's `XA END`
+    /// and `XA PREPARE` (a log flush) run while the next branch does its work, or while the decision
+    /// row is written: the participant's locks are already held, so the global lock order is kept,
+    /// and the row is written only when every branch holds its locks (waiting for locks while
+    /// holding it could block the resolver). This returns only when every prepare has answered;
+    /// every branch that was started is in `leased` when it returns or throws; a `CoordinatorCrash`
+    /// from the hook wins over other errors.
+    private func phaseOne(_ branches: [Branch], transferID: String, commitPoint: String,
+                          decide: @Sendable (MariaDBConnection) async throws -> Void, leased: inout [Leased]) async throws {
+        typealias Prepared = (index: Int, prepared: Bool, error: (any Error)?)
+        let hook = self.hook
+        var failures: [any Error] = []
+        await withTaskGroup(of: Prepared.self) { prepares in
+            do {
+                for branch in branches {
+                    let pool = try connections.pool(branch.node)
+                    let connection: MariaDBConnection
+                    do throws(MariaDBError) { connection = try await pool.lease() } catch {
+                        if error.isConnectionBroken { connections.connectionFailed(branch.node) }
+                        throw error
+                    }
+                    if branch.node == commitPoint {
+                        // The commit point: a local transaction, kept open until the others are prepared.
+                        leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: nil))
+                        try await connection.begin()
+                        try await branch.work(connection)
+                        continue
+                    }
+                    let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint)
+                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: xid))
+                    try await connection.xaStart(xid)
+                    try await branch.work(connection)
+                    let index = leased.count - 1, node = branch.node
+                    prepares.addTask {
+                        var prepared = false
+                        do {
+                            try await connection.xaEnd(xid)
+                            try await connection.xaPrepare(xid)
+                            prepared = true
+                            try await hook?(.prepared(node: node))
+                            return (index, true, nil)
+                        } catch {
+                            return (index, prepared, error)
+                        }
+                    }
+                }
+                try await decide(leased.first { $0.xid == nil }!.connection)
+            } catch {
+                failures.append(error)
+            }
+            for await result in prepares {
+                leased[result.index].prepared = result.prepared
+                if let error = result.error { failures.append(error) }
+            }
+        }
+        if failures.contains(where: { $0 is CoordinatorCrash }) { throw CoordinatorCrash() }
+        if let first = failures.first { throw first }
     }
 
     /// After a failed COMMIT on `commitPoint` (a two-phase commit's, or a local transaction's): the

@@ -137,16 +137,21 @@ struct TwoPhaseCommitTests {
         try await withTwoNodes { _, connections in
             let resolver = InDoubtResolver(connections: connections, minimumAge: .zero, logger: testLogger)
             let resolutions = Mutex<[InDoubtResolver.Resolution]>([])
-            // While the coordinator is held after the prepare, the resolver decides "abort".
-            let tpc = TwoPhaseCommit(connections: connections, logger: testLogger) { s in
-                if s == .prepared(node: "node2") {
-                    let r = await resolver.resolveOnce()
-                    resolutions.withLock { $0 += r }
+            // The coordinator is slow in the commit point's work, after node2 is prepared and before
+            // it writes its decision row: meanwhile the resolver decides "abort".
+            let slowCommitPoint: TwoPhaseCommit.Work = { c in
+                try await insert(1)(c)
+                let start = ContinuousClock.now
+                while try await prepared(connections, "node2").isEmpty, ContinuousClock.now - start < .seconds(10) {
+                    try await Task.sleep(for: .milliseconds(20))
                 }
+                let r = await resolver.resolveOnce()
+                resolutions.withLock { $0 += r }
             }
+            let tpc = TwoPhaseCommit(connections: connections, logger: testLogger)
             var committed = false
             do {
-                try await tpc.run(decision: record("t-race"), commitPoint: .init(node: "node1", work: insert(1)), participants: [.init(node: "node2", work: insert(2))])
+                try await tpc.run(decision: record("t-race"), commitPoint: .init(node: "node1", work: slowCommitPoint), participants: [.init(node: "node2", work: insert(2))])
                 committed = true
             } catch let error as LedgerError {
                 #expect(error.code == .aborted)
