@@ -1,0 +1,82 @@
+import Admin
+import ClusterMetadata
+import Ledger
+import MariaDB
+import Sharding
+import Testing
+
+@Suite("A COMMIT whose answer is lost, on a real node behind a proxy that loses it", .serialized)
+struct LostCommitTests {
+    @Test("an applied COMMIT whose answer is lost is reported done; a COMMIT that never arrived is rolled back everywhere",
+          arguments: [false, true])
+    func lostCommit(acrossNodes: Bool) async throws {
+        try await withInitialisedCluster { cluster, etcd in
+            // node1, the home node of every movement below, is reached through the proxy.
+            var node1 = try cluster.bankConfiguration("node1")
+            let proxy = try await FaultProxy.start(upstreamHost: node1.host, upstreamPort: node1.port)
+            node1.port = proxy.port
+            let connections = NodeConnections(logger: testLogger)
+            await connections.register(node: "node1", configuration: node1, options: .init(maxConnections: 8))
+            for node in ["node2", "node3"] {
+                await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 8))
+            }
+            let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+            let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 10)
+            let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
+            func money(_ text: String) -> Money { try! Money(parsing: text) }
+            func balances(_ ids: Int64...) async throws -> [Money] {
+                var result: [Money] = []
+                for id in ids { result.append(try await bank.account(id).balance) }
+                return result
+            }
+            do {
+                let a = try await bank.openAccount(customerName: "A", balance: money("5000.00"), idempotencyKey: "open-a")
+                let b = try await bank.openAccount(customerName: "B", balance: money(acrossNodes ? "20000.00" : "3000.00"), idempotencyKey: "open-b")
+                #expect(a.node == "node1" && b.node == (acrossNodes ? "node2" : "node1"))
+                let creditedBefore = b.balance
+
+                // The server applies the COMMIT, the client never hears: the node is asked, and the
+                // transfer is reported done — not failed.
+                proxy.arm(.dropCommitAnswer)
+                let done = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: "answer-lost")
+                #expect(proxy.fired == 1, "the proxy saw no COMMIT to lose")
+                #expect(!done.replayed)
+                let afterFirst = try await balances(a.id, b.id)
+                #expect(afterFirst == [money("4999.00"), Money(minorUnits: creditedBefore.minorUnits + 100)])
+                let replay = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: "answer-lost")
+                #expect(replay.replayed)
+                #expect(try await balances(a.id, b.id) == afterFirst)
+
+                // The COMMIT never reaches the server: it rolls back, the client is told so, and
+                // nothing moved or stays prepared; a retry with the key does not move money later.
+                proxy.arm(.dropCommit)
+                let told = await #expect(throws: LedgerError.self) {
+                    try await bank.transfer(from: a.id, to: b.id, amount: money("2.00"), idempotencyKey: "commit-lost")
+                }
+                #expect(told?.code == .aborted, "\(String(describing: told))")
+                #expect(proxy.fired == 2, "the proxy saw no COMMIT to drop")
+                #expect(try await balances(a.id, b.id) == afterFirst)
+                let state = try await connections.withConnection("node1") { c in
+                    try await c.execute("SELECT state FROM transfers WHERE transfer_id = ?", [.string("commit-lost")]).rows.first?.string("state")
+                }
+                #expect(state == "aborted")
+                let retried = await #expect(throws: LedgerError.self) {
+                    try await bank.transfer(from: a.id, to: b.id, amount: money("2.00"), idempotencyKey: "commit-lost")
+                }
+                #expect(retried?.description.contains("new key") == true, "\(String(describing: retried))")
+                #expect(try await balances(a.id, b.id) == afterFirst)
+                for node in connections.nodes {
+                    #expect(try await connections.withConnection(node) { try await $0.xaRecover() }.isEmpty, "a branch stays prepared on \(node)")
+                }
+                let report = try await LedgerVerifier(connections: connections, maps: maps).run()
+                #expect(report.clean, "\(report.summary)")
+            } catch {
+                await connections.shutdown()
+                try await proxy.shutdown()
+                throw error
+            }
+            await connections.shutdown()
+            try await proxy.shutdown()
+        }
+    }
+}
