@@ -58,7 +58,7 @@ enum AccountSQL {
             throw PlanStale(reason: "account \(expected.accountID) is no longer on \(node)")
         }
         guard row.version == expected.version else {
-            throw PlanStale(reason: "account \(expected.accountID) changed on \(node) since it was read")
+            throw PlanStale(reason: "account \(expected.accountID) changed on \(node) since it was read", stillThere: true)
         }
     }
 
@@ -150,5 +150,7 @@ enum AccountSQL {
 struct PlanStale: Error, Sendable, CustomStringConvertible {
     var reason: String
     var wrongShard = false
+    /// The row changed but is where it was read: the locations learnt still hold.
+    var stillThere = false
     var description: String { reason }
 }

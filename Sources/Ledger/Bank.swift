@@ -206,23 +206,28 @@ public final class Bank: Sendable {
     /// Plans and runs a balance change of one or more accounts; retries stale plans.
     private func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         var lastError: (any Error)?
-        // Every account seen before: try the lock-first path.
-        let hints = locations.withLock { l in changes.reduce(into: [Int64: Location]()) { $0[$1.0] = l[$1.0] } }
-        if hints.count == Set(changes.map(\.0)).count {
-            do {
-                if let result = try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints) { return result }
-            } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
-                lastError = error // fall through to the general path
-            }
-        }
+        var simple = true
         for attempt in 0..<8 {
+            // Every account's place known (seen before, or read by the last attempt): try the
+            // lock-first path, which cannot go stale under contention as a read-then-write plan can.
+            let hints = locations.withLock { l in changes.reduce(into: [Int64: Location]()) { $0[$1.0] = l[$1.0] } }
+            if simple && hints.count == Set(changes.map(\.0)).count {
+                do {
+                    if let result = try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints) { return result }
+                    simple = false // a move, or an account that moved before: the general path's case
+                } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
+                    lastError = error // the general path below plans from fresh reads
+                }
+            }
             if let replay = try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) { return replay }
             do {
                 return try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash)
             } catch let error as LedgerError where error.code == .aborted && Self.worthRetrying(error.underlying) {
                 lastError = error
                 logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "attempt": "\(attempt)", "reason": "\(error.underlying.map { "\($0)" } ?? "")"])
-                locations.withLock { l in changes.forEach { l[$0.0] = nil } }
+                if (error.underlying as? PlanStale)?.stillThere != true {
+                    locations.withLock { l in changes.forEach { l[$0.0] = nil } }
+                }
                 if (error.underlying as? PlanStale)?.wrongShard == true {
                     // A node refused a range the map gave it: the map is behind; read it again.
                     do { try await refreshMaps() } catch {
