@@ -130,7 +130,7 @@ public final class Bank: Sendable {
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
                                       requestHash: hash, participants: work.keys.sorted())
         do {
-            try await commit(decision, work: work, order: [range.node, directory.node], commitPoint: range.node)
+            try await commit(decision, work: work, commitPoint: range.node)
         } catch let error as LedgerError where error.code == .aborted {
             // A concurrent attempt with the same key won the decision row: answer as it did.
             if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
@@ -251,10 +251,10 @@ public final class Bank: Sendable {
                            hints: [Int64: Location]) async throws -> MovementResult? {
         let maps = try self.maps()
         guard let commitPoint = hints[home]?.node else { return nil }
-        // One branch per node, in ascending order of their smallest account: one global lock order.
+        // One branch per node, visited in the global node order (see ``commit``); rows in ascending id.
         var byNode: [String: [(Int64, Int64)]] = [:]
         for change in changes.sorted(by: { $0.0 < $1.0 }) { byNode[hints[change.0]!.node, default: []].append(change) }
-        let order = byNode.keys.sorted { byNode[$0]![0].0 < byNode[$1]![0].0 }
+        let order = byNode.keys.sorted()
         let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
         let written = Mutex<[Int64: (location: Location, balance: Money)]>([:])
         @Sendable func ranges(_ part: [(Int64, Int64)]) -> [String] { Set(part.map { hints[$0.0]!.range }).sorted() }
@@ -439,14 +439,12 @@ public final class Bank: Sendable {
     private func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         let maps = try self.maps()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
-        var order: [String] = []
         var balances: [Int64: Money] = [:]
         var homeNode = ""
         func add(_ node: String, _ w: @escaping TwoPhaseCommit.Work) {
-            if work[node] == nil { order.append(node) }
             work[node, default: []].append(w)
         }
-        // Ascending account ids: every transaction locks rows in one global order.
+        // Ascending account ids within each node's part; the nodes are visited in ``commit``'s order.
         for (id, delta) in changes.sorted(by: { $0.0 < $1.0 }) {
             let (row, node) = try await locate(id)
             let after = row.balance + delta
@@ -491,15 +489,19 @@ public final class Bank: Sendable {
                 }
             }
         }
-        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
-        try await commit(decision, work: work, order: order, commitPoint: homeNode)
+        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
+        try await commit(decision, work: work, commitPoint: homeNode)
         return MovementResult(transferID: key, balances: balances, replayed: false)
     }
 
-    /// One node: a local transaction with the decision row. Several: two-phase commit.
-    private func commit(_ decision: DecisionRecord, work: [String: [TwoPhaseCommit.Work]], order: [String], commitPoint: String) async throws {
-        let nodes = order.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
-        let branches = nodes.map { node in
+    /// One node: a local transaction with the decision row. Several: two-phase commit whose branches
+    /// visit the nodes in one global order (by node id), each node's locks taken in one visit. Two
+    /// transactions then cannot wait on each other across nodes: the one holding locks on the lower
+    /// node never waits on a lower node. Waits within a node are InnoDB's to detect (1213, retried).
+    /// Ordering by account id instead leaves a move's insert on its target and its directory update
+    /// out of order, and such cross-node cycles end only at the lock-wait timeout.
+    private func commit(_ decision: DecisionRecord, work: [String: [TwoPhaseCommit.Work]], commitPoint: String) async throws {
+        let branches = work.keys.sorted().map { node in
             let steps = work[node] ?? []
             return TwoPhaseCommit.Branch(node: node) { c in for step in steps { try await step(c) } }
         }

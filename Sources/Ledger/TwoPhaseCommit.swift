@@ -95,8 +95,8 @@ public enum TwoPhaseStep: Sendable, Hashable {
 /// Runs one atomic transaction across nodes: two-phase commit with presumed abort, where the
 /// commit-point node's local COMMIT (with the decision row) is the decision (DESIGN §5).
 ///
-/// Participants run in the order given (callers order them by account id, so that concurrent
-/// transactions lock in one global order and cannot deadlock across nodes), each as an XA branch
+/// Participants run in the order given (callers visit nodes in one global order, so that concurrent
+/// transactions cannot wait on each other across nodes), each as an XA branch
 /// that is prepared before the commit point commits (its prepare overlaps the next branch's work).
 /// After the decision the participants are
 /// committed; any that cannot be reached stay prepared until the ``InDoubtResolver`` finishes them.
