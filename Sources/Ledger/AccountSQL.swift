@@ -52,12 +52,17 @@ enum AccountSQL {
         try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ?", [.int(id)]).rows.first.map(decode)
     }
 
-    /// Locks a row for the rest of the transaction; the plan must still hold.
-    static func lock(_ c: MariaDBConnection, _ expected: Row, node: String) async throws {
-        guard let row = try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ? FOR UPDATE", [.int(expected.accountID)]).rows.first.map(decode) else {
-            throw PlanStale(reason: "account \(expected.accountID) is no longer on \(node)")
+    /// Locks a row for the rest of the transaction and returns it as it is now.
+    static func lock(_ c: MariaDBConnection, _ id: Int64, node: String) async throws -> Row {
+        guard let row = try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ? FOR UPDATE", [.int(id)]).rows.first.map(decode) else {
+            throw PlanStale(reason: "account \(id) is no longer on \(node)")
         }
-        guard row.version == expected.version else {
+        return row
+    }
+
+    /// Locks a row for the rest of the transaction; the plan must still hold exactly.
+    static func lock(_ c: MariaDBConnection, _ expected: Row, node: String) async throws {
+        guard try await lock(c, expected.accountID, node: node).version == expected.version else {
             throw PlanStale(reason: "account \(expected.accountID) changed on \(node) since it was read", stillThere: true)
         }
     }

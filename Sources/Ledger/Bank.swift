@@ -440,6 +440,8 @@ public final class Bank: Sendable {
         let maps = try self.maps()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
         var balances: [Int64: Money] = [:]
+        // Balances computed from rows locked at execution, where they differ from the plan's reads.
+        let settled = Mutex<[Int64: Money]>([:])
         var homeNode = ""
         func add(_ node: String, _ w: @escaping TwoPhaseCommit.Work) {
             work[node, default: []].append(w)
@@ -459,9 +461,16 @@ public final class Bank: Sendable {
                 add(node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
                     if target.id != source { try await AccountSQL.fence(c, map: "accounts", range: target.id, node: node) }
-                    try await AccountSQL.lock(c, row, node: node)
-                    try await AccountSQL.update(c, id, balance: after, range: target.id)
-                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: after)
+                    // The row may have changed since it was read: what counts is that the plan's
+                    // shape (ranges fenced, the row staying here) holds for the balance now locked.
+                    let locked = try await AccountSQL.lock(c, id, node: node)
+                    let now = locked.balance + delta
+                    guard locked.range == source, now >= 0, try maps.accounts.range(for: now).id == target.id else {
+                        throw PlanStale(reason: "account \(id) changed on \(node) since it was read", stillThere: true)
+                    }
+                    try await AccountSQL.update(c, id, balance: now, range: target.id)
+                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: now)
+                    settled.withLock { $0[id] = Money(minorUnits: now) }
                 }
             } else {
                 // The balance leaves this node's ranges: the row, its range and its directory entry move together.
@@ -491,7 +500,7 @@ public final class Bank: Sendable {
         }
         let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
         try await commit(decision, work: work, commitPoint: homeNode)
-        return MovementResult(transferID: key, balances: balances, replayed: false)
+        return MovementResult(transferID: key, balances: balances.merging(settled.withLock { $0 }) { $1 }, replayed: false)
     }
 
     /// One node: a local transaction with the decision row. Several: two-phase commit whose branches
