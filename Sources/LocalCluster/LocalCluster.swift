@@ -58,8 +58,10 @@ public struct LocalCluster: Sendable {
     // MARK: start
 
     /// Starts `nodes` + `spare` MariaDB servers and an `etcdMembers`-member etcd under `dir`, and
-    /// returns once every one answers. On failure, stops whatever it started.
-    public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, etcdArguments: [String] = [], logger: Logger,
+    /// returns once every one answers. On failure, stops whatever it started. `mariadbOptions` are
+    /// extra `name=value` lines for every server's option file (e.g. `ssl_cert=…` for TLS).
+    public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, etcdArguments: [String] = [],
+                             mariadbOptions: [String] = [], logger: Logger,
                              progress: @Sendable (String) -> Void = { _ in }) async throws -> LocalCluster {
         try checkPrograms()
         let fm = FileManager.default
@@ -99,7 +101,7 @@ public struct LocalCluster: Sendable {
             try cluster.save()
             for i in cluster.description.nodes.indices {
                 progress("starting mariadbd \(cluster.description.nodes[i].id)")
-                try cluster.installNode(i)
+                try cluster.installNode(i, options: mariadbOptions)
                 try cluster.spawnNode(i)
                 try cluster.save()
                 try await cluster.waitNodeReady(i)
@@ -120,7 +122,7 @@ public struct LocalCluster: Sendable {
         return String((0..<24).map { _ in alphabet.randomElement()! })
     }
 
-    private func installNode(_ i: Int) throws {
+    private func installNode(_ i: Int, options: [String]) throws {
         let node = description.nodes[i]
         let nodeDir = (node.dataDir as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: nodeDir, withIntermediateDirectories: true)
@@ -141,7 +143,7 @@ public struct LocalCluster: Sendable {
         max_connections=512
         character-set-server=utf8mb4
         collation-server=utf8mb4_bin
-
+        \(options.map { $0 + "\n" }.joined())
         """
         try cnf.write(toFile: node.configFile, atomically: true, encoding: .utf8)
         let status = try Processes.run(Processes.which("mariadb-install-db")!, [

@@ -22,17 +22,19 @@ private let startedClusters = Mutex<[LocalCluster]>([])
 private let exitHook: Void = { atexit { startedClusters.withLock { $0.forEach { $0.destroy() } } } }()
 
 /// Starts a fresh cluster of real processes in a temporary directory.
-func startCluster(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, etcdArguments: [String] = []) async throws -> LocalCluster {
+func startCluster(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, etcdArguments: [String] = [], mariadbOptions: [String] = []) async throws -> LocalCluster {
     _ = exitHook
     let dir = FileManager.default.temporaryDirectory.path + "/shardbank-test-" + UUID().uuidString.prefix(8)
-    let cluster = try await LocalCluster.start(dir: dir, nodes: nodes, spare: spare, etcdMembers: etcd, etcdArguments: etcdArguments, logger: testLogger)
+    let cluster = try await LocalCluster.start(dir: dir, nodes: nodes, spare: spare, etcdMembers: etcd, etcdArguments: etcdArguments,
+                                               mariadbOptions: mariadbOptions, logger: testLogger)
     startedClusters.withLock { $0.append(cluster) }
     return cluster
 }
 
 /// Runs `body` with a fresh cluster and destroys it afterwards.
-func withCluster<T>(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, etcdArguments: [String] = [], _ body: (inout LocalCluster) async throws -> T) async throws -> T {
-    var cluster = try await startCluster(nodes: nodes, spare: spare, etcd: etcd, etcdArguments: etcdArguments)
+func withCluster<T>(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, etcdArguments: [String] = [], mariadbOptions: [String] = [],
+                   _ body: (inout LocalCluster) async throws -> T) async throws -> T {
+    var cluster = try await startCluster(nodes: nodes, spare: spare, etcd: etcd, etcdArguments: etcdArguments, mariadbOptions: mariadbOptions)
     do {
         let result = try await body(&cluster)
         cluster.destroy()
