@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// A client of etcd's v3 API through its JSON gateway (HTTP/1.1 keep-alive).
@@ -36,6 +37,11 @@ public final class EtcdClient: Sendable {
         config.httpVersion = .http1Only
         config.connectionPool = .init(idleTimeout: .seconds(60))
         config.redirectConfiguration = .disallow
+        if let caFile = configuration.tlsCAFile {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .file(caFile)
+            config.tlsConfiguration = tls
+        }
         self.http = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: config)
         self.state = Mutex(State(selector: EndpointSelector(endpoints: configuration.endpoints)))
     }

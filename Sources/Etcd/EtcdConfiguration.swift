@@ -18,11 +18,14 @@ public struct EtcdConfiguration: Sendable {
     /// How long a call keeps trying while live members report no leader, or while reads time out
     /// (an election after the leader died takes one to a few election timeouts).
     public var leaderElectionWait: Duration
+    /// For `https://` endpoints: a PEM file of the CA certificates the members' certificates must
+    /// chain to (a private CA, as etcd clusters usually have). Nil: the system's trust store.
+    public var tlsCAFile: String?
 
     public init(endpoints: [String], username: String? = nil, password: String? = nil,
                 connectTimeout: Duration = .seconds(1), requestTimeout: Duration = .seconds(2),
                 quarantine: Duration = .seconds(3), watchHealthInterval: Duration = .seconds(1),
-                leaderElectionWait: Duration = .seconds(5)) {
+                leaderElectionWait: Duration = .seconds(5), tlsCAFile: String? = nil) {
         self.endpoints = endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.username = username
         self.password = password
@@ -31,6 +34,7 @@ public struct EtcdConfiguration: Sendable {
         self.quarantine = quarantine
         self.watchHealthInterval = watchHealthInterval
         self.leaderElectionWait = leaderElectionWait
+        self.tlsCAFile = tlsCAFile
     }
 }
 

@@ -10,7 +10,7 @@ enum ConfigurationSchema {
     static let fields: [String: Kind] = [
         "logging.level": .string,
         "etcd.endpoints": .strings, "etcd.prefix": .string, "etcd.username": .string, "etcd.password_file": .string,
-        "etcd.connect_timeout_ms": .integer, "etcd.request_timeout_ms": .integer,
+        "etcd.connect_timeout_ms": .integer, "etcd.request_timeout_ms": .integer, "etcd.tls_ca_file": .string,
         "mysql.user": .string, "mysql.password_file": .string, "mysql.connect_timeout_s": .integer,
         "mysql.read_timeout_s": .integer, "mysql.write_timeout_s": .integer, "mysql.tls_mode": .string, "mysql.tls_ca_file": .string,
         "mysql.pool.max_connections": .integer, "mysql.pool.acquire_timeout_ms": .integer,

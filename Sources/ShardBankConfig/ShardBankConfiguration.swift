@@ -168,10 +168,19 @@ private struct Reader {
         if username != nil && etcdPassword == nil {
             throw fail("etcd.password_file", "etcd.username is set, so a password is required")
         }
+        var etcdCAFile: String?
+        if let path = try string("etcd.tls_ca_file"), !path.isEmpty {
+            let full = path.hasPrefix("/") ? path : baseDirectory + "/" + path
+            guard FileManager.default.isReadableFile(atPath: full) else {
+                throw fail("etcd.tls_ca_file", "the CA file \(full) does not exist or cannot be read")
+            }
+            etcdCAFile = full
+        }
         let etcd = EtcdConfiguration(
             endpoints: endpoints, username: username, password: etcdPassword,
             connectTimeout: .milliseconds(try int("etcd.connect_timeout_ms", default: 1000, range: 50...60_000)),
-            requestTimeout: .milliseconds(try int("etcd.request_timeout_ms", default: 2000, range: 100...120_000)))
+            requestTimeout: .milliseconds(try int("etcd.request_timeout_ms", default: 2000, range: 100...120_000)),
+            tlsCAFile: etcdCAFile)
         let prefix = try string("etcd.prefix") ?? "/shardbank/"
         guard prefix.hasPrefix("/") else { throw fail("etcd.prefix", "must start with /") }
 

@@ -167,6 +167,39 @@ struct EtcdClientTests {
         }
     }
 
+    @Test("TLS: an https member with a private CA answers a client given that CA; without it, or with another CA, the call fails")
+    func tls() async throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/shardbank-etcd-tls-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let files = try makeCertificates(in: dir)
+        guard let etcd = Processes.which("etcd") else { throw LocalClusterError("etcd is missing: install it with `apt-get install -y etcd-server`") }
+        let client = "https://127.0.0.1:\(try Processes.freePort())", peer = "http://127.0.0.1:\(try Processes.freePort())"
+        let pid = try Processes.spawn(etcd, [
+            "--name", "tls1", "--data-dir", dir + "/data", "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls1=\(peer)",
+            "--cert-file", files.cert, "--key-file", files.key, "--logger", "zap", "--log-outputs", "stderr",
+        ], logFile: dir + "/etcd.log")
+        defer { Processes.terminate(pid) }
+        try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: [client], tlsCAFile: files.ca), logger: testLogger) { trusted in
+            let deadline = ContinuousClock.now + .seconds(15)
+            while (try? await trusted.put("/tls/a", "1")) == nil {
+                guard ContinuousClock.now < deadline, Processes.isAlive(pid) else { throw LocalClusterError("etcd over TLS did not answer; see \(dir)/etcd.log") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(try await trusted.get("/tls/a")?.stringValue == "1")
+        }
+        for untrusted in [EtcdConfiguration(endpoints: [client]), EtcdConfiguration(endpoints: [client], tlsCAFile: files.otherCA)] {
+            try await EtcdClient.with(configuration: untrusted, logger: testLogger) { etcd in
+                do {
+                    _ = try await etcd.get("/tls/a")
+                    Issue.record("a client that does not trust the member's CA (\(untrusted.tlsCAFile ?? "system roots")) read from it")
+                } catch {
+                    #expect((error as? EtcdError)?.code == .unavailable, "\(error)")
+                }
+            }
+        }
+    }
+
     @Test("auth: a wrong password is refused clearly; the right one works and an expired token is renewed")
     func auth() async throws {
         // Tokens of this member expire after 2 s unused.

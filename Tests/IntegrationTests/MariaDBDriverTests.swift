@@ -195,28 +195,6 @@ struct MariaDBDriverTests {
     }
 }
 
-/// A test CA and a server certificate for 127.0.0.1 made with `openssl`, plus a second CA that
-/// signed nothing. Returns the paths.
-private func makeCertificates(in dir: String) throws -> (ca: String, otherCA: String, cert: String, key: String) {
-    guard let openssl = Processes.which("openssl") else {
-        throw LocalClusterError("openssl is missing: install it with `apt-get install -y openssl`")
-    }
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/san.ext", atomically: true, encoding: .utf8)
-    let steps: [[String]] = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ShardBank test CA"],
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=Some other CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"],
-    ]
-    for step in steps {
-        let status = try Processes.run(openssl, step.map { $0.hasSuffix(".key") || $0.hasSuffix(".pem") || $0.hasSuffix(".csr") || $0.hasSuffix(".ext") ? dir + "/" + $0 : $0 },
-                                       logFile: dir + "/openssl.log")
-        guard status == 0 else { throw LocalClusterError("openssl \(step[0]) failed; see \(dir)/openssl.log") }
-    }
-    return (dir + "/ca.pem", dir + "/other.pem", dir + "/server.pem", dir + "/server.key")
-}
-
 @Suite("MariaDB driver over TLS against a real mariadbd", .serialized)
 struct MariaDBTLSTests {
     @Test("TLS modes: required and verify_ca/verify_identity with the right CA encrypt; a foreign CA is refused; disabled stays plain")

@@ -25,7 +25,7 @@ struct ConfigurationTests {
     @Test("file values, secrets from files relative to the file, and environment overrides")
     func layering() async throws {
         let path = try write("""
-            {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "request_timeout_ms": 1500},
+            {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "request_timeout_ms": 1500, "tls_ca_file": "pw"},
              "mysql": {"user": "bank", "password_file": "pw"},
              "cluster": {"nodes": ["n1"]}, "nodes": {"n1": {"host": "10.0.0.1", "port": 3307}}}
             """)
@@ -34,6 +34,7 @@ struct ConfigurationTests {
         ])
         #expect(c.etcd.endpoints == ["http://a:1", "http://b:2"])
         #expect(c.etcd.requestTimeout == .milliseconds(1500))
+        #expect(c.etcd.tlsCAFile == URL(fileURLWithPath: path).deletingLastPathComponent().path + "/pw", "relative to the file")
         #expect(c.mysql.password == "s3cret")
         #expect(c.nodes.first?.port == 3308)
         #expect(c.mariaDB(node: "n1", host: "h", port: 1, database: "d").password == "s3cret")
@@ -48,6 +49,7 @@ struct ConfigurationTests {
         (#"{"cluster": {"nodes": ["n1"]}}"#, "nodes.n1.host"),
         (#"{"etcd": {"endpoints": ["localhost"]}}"#, "etcd.endpoints"),
         (#"{"mysql": {"password_file": "missing-file"}}"#, "mysql.password_file"),
+        (#"{"etcd": {"tls_ca_file": "missing-ca.pem"}}"#, "etcd.tls_ca_file"),
     ])
     func malformed(text: String, field: String) async throws {
         let path = try write(text)
