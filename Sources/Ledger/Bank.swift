@@ -439,8 +439,9 @@ public final class Bank: Sendable {
     private func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         let maps = try self.maps()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
-        var balances: [Int64: Money] = [:]
-        // Balances computed from rows locked at execution, where they differ from the plan's reads.
+        // The balances left: a moved row's from the plan (its version must match), the others' from
+        // the rows locked at execution.
+        var moved: [Int64: Money] = [:]
         let settled = Mutex<[Int64: Money]>([:])
         var homeNode = ""
         func add(_ node: String, _ w: @escaping TwoPhaseCommit.Work) {
@@ -454,7 +455,6 @@ public final class Bank: Sendable {
                 throw LedgerError(.insufficientFunds, "account \(id) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
             }
             if id == home { homeNode = node }
-            balances[id] = Money(minorUnits: after)
             let target = try maps.accounts.range(for: after)
             let source = row.range
             if target.node == node {
@@ -474,6 +474,7 @@ public final class Bank: Sendable {
                 }
             } else {
                 // The balance leaves this node's ranges: the row, its range and its directory entry move together.
+                moved[id] = Money(minorUnits: after)
                 let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
                 add(node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
@@ -500,7 +501,7 @@ public final class Bank: Sendable {
         }
         let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
         try await commit(decision, work: work, commitPoint: homeNode)
-        return MovementResult(transferID: key, balances: balances.merging(settled.withLock { $0 }) { $1 }, replayed: false)
+        return MovementResult(transferID: key, balances: moved.merging(settled.withLock { $0 }) { $1 }, replayed: false)
     }
 
     /// One node: a local transaction with the decision row. Several: two-phase commit whose branches

@@ -8,28 +8,6 @@ import Sharding
 import Synchronization
 import Testing
 
-/// A bootstrapped three-node cluster (seed layout) and a Bank over it.
-private func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
-    try await withInitialisedCluster { cluster, etcd in
-        let connections = NodeConnections(logger: testLogger)
-        for node in ["node1", "node2", "node3"] {
-            await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
-        }
-        let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
-        let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
-        let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
-        do {
-            try await body(cluster, bank, connections)
-        } catch {
-            await connections.shutdown()
-            throw error
-        }
-        await connections.shutdown()
-    }
-}
-
-private func money(_ text: String) -> Money { try! Money(parsing: text) }
-
 /// Σ balances and Σ journal over every node, and where each account row is.
 private func totals(_ connections: NodeConnections) async throws -> (balances: Int64, journal: Int64, rows: [Int64: String]) {
     var balances: Int64 = 0

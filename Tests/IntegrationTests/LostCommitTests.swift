@@ -1,5 +1,4 @@
 import Admin
-import ClusterMetadata
 import Ledger
 import MariaDB
 import Sharding
@@ -10,20 +9,12 @@ struct LostCommitTests {
     @Test("an applied COMMIT whose answer is lost is reported done; a COMMIT that never arrived is rolled back everywhere",
           arguments: [false, true])
     func lostCommit(acrossNodes: Bool) async throws {
-        try await withInitialisedCluster { cluster, etcd in
-            // node1, the home node of every movement below, is reached through the proxy.
+        try await withBank { cluster, bank, connections in
+            // node1, the home node of every movement below, is reached through the proxy from here on.
             var node1 = try cluster.bankConfiguration("node1")
             let proxy = try await FaultProxy.start(upstreamHost: node1.host, upstreamPort: node1.port)
             node1.port = proxy.port
-            let connections = NodeConnections(logger: testLogger)
-            await connections.register(node: "node1", configuration: node1, options: .init(maxConnections: 8))
-            for node in ["node2", "node3"] {
-                await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 8))
-            }
-            let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
-            let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 10)
-            let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
-            func money(_ text: String) -> Money { try! Money(parsing: text) }
+            await connections.register(node: "node1", configuration: node1, options: .init(maxConnections: 24))
             func balances(_ ids: Int64...) async throws -> [Money] {
                 var result: [Money] = []
                 for id in ids { result.append(try await bank.account(id).balance) }
@@ -68,14 +59,12 @@ struct LostCommitTests {
                 for node in connections.nodes {
                     #expect(try await connections.withConnection(node) { try await $0.xaRecover() }.isEmpty, "a branch stays prepared on \(node)")
                 }
-                let report = try await LedgerVerifier(connections: connections, maps: maps).run()
+                let report = try await LedgerVerifier(connections: connections, maps: LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())).run()
                 #expect(report.clean, "\(report.summary)")
             } catch {
-                await connections.shutdown()
                 try await proxy.shutdown()
                 throw error
             }
-            await connections.shutdown()
             try await proxy.shutdown()
         }
     }

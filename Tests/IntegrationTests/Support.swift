@@ -1,9 +1,12 @@
 import Admin
+import ClusterMetadata
 import Etcd
 import Foundation
+import Ledger
 import LocalCluster
 import Logging
 import MariaDB
+import Sharding
 import Synchronization
 import Testing
 
@@ -80,17 +83,40 @@ func makeCertificates(in dir: String) throws -> (ca: String, otherCA: String, ce
         throw LocalClusterError("openssl is missing: install it with `apt-get install -y openssl`")
     }
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/san.ext", atomically: true, encoding: .utf8)
+    func file(_ name: String) -> String { dir + "/" + name }
+    try "subjectAltName=IP:127.0.0.1\n".write(toFile: file("san.ext"), atomically: true, encoding: .utf8)
     let steps: [[String]] = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ShardBank test CA"],
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=Some other CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("ca.key"), "-out", file("ca.pem"), "-days", "2", "-subj", "/CN=ShardBank test CA"],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("other.key"), "-out", file("other.pem"), "-days", "2", "-subj", "/CN=Some other CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file("server.key"), "-out", file("server.csr"), "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", file("server.csr"), "-CA", file("ca.pem"), "-CAkey", file("ca.key"), "-CAcreateserial",
+         "-out", file("server.pem"), "-days", "2", "-extfile", file("san.ext")],
     ]
     for step in steps {
-        let status = try Processes.run(openssl, step.map { $0.hasSuffix(".key") || $0.hasSuffix(".pem") || $0.hasSuffix(".csr") || $0.hasSuffix(".ext") ? dir + "/" + $0 : $0 },
-                                       logFile: dir + "/openssl.log")
+        let status = try Processes.run(openssl, step, logFile: file("openssl.log"))
         guard status == 0 else { throw LocalClusterError("openssl \(step[0]) failed; see \(dir)/openssl.log") }
     }
-    return (dir + "/ca.pem", dir + "/other.pem", dir + "/server.pem", dir + "/server.key")
+    return (file("ca.pem"), file("other.pem"), file("server.pem"), file("server.key"))
 }
+
+/// A bootstrapped three-node cluster (seed layout) and a Bank over it.
+func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
+    try await withInitialisedCluster { cluster, etcd in
+        let connections = NodeConnections(logger: testLogger)
+        for node in ["node1", "node2", "node3"] {
+            await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
+        }
+        let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
+        let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+        let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
+        do {
+            try await body(cluster, bank, connections)
+        } catch {
+            await connections.shutdown()
+            throw error
+        }
+        await connections.shutdown()
+    }
+}
+
+func money(_ text: String) -> Money { try! Money(parsing: text) }
