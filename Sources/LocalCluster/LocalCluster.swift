@@ -125,7 +125,10 @@ public struct LocalCluster: Sendable {
     private func installNode(_ i: Int, options: [String]) throws {
         let node = description.nodes[i]
         let nodeDir = (node.dataDir as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: nodeDir, withIntermediateDirectories: true)
+        // A private tmpdir: in the shared /tmp, concurrent installs and runs delete each other's
+        // temporary tables (`#sql-temptable-…`), and install-db fails.
+        let tmpDir = nodeDir + "/tmp"
+        try FileManager.default.createDirectory(atPath: tmpDir, withIntermediateDirectories: true)
         let cnf = """
         [mariadbd]
         user=root
@@ -134,6 +137,7 @@ public struct LocalCluster: Sendable {
         bind-address=127.0.0.1
         socket=\(node.socket)
         pid-file=\(nodeDir)/mariadbd.pid
+        tmpdir=\(tmpDir)
         log-error=\(node.logFile)
         innodb_buffer_pool_size=64M
         innodb_log_file_size=64M
@@ -147,7 +151,7 @@ public struct LocalCluster: Sendable {
         """
         try cnf.write(toFile: node.configFile, atomically: true, encoding: .utf8)
         let status = try Processes.run(Processes.which("mariadb-install-db")!, [
-            "--no-defaults", "--datadir=\(node.dataDir)", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db",
+            "--no-defaults", "--datadir=\(node.dataDir)", "--tmpdir=\(tmpDir)", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db",
         ], logFile: nodeDir + "/install.log")
         guard status == 0 else {
             throw LocalClusterError("mariadb-install-db failed for \(node.id) (exit \(status)); see \(nodeDir)/install.log")
