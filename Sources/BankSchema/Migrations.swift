@@ -8,7 +8,7 @@ public struct Migration: Sendable {
     public var statements: [String]
 }
 
-/// The schema of `bank_db` on every storage node (DESIGN §3).
+/// The schema of `bank_db` on every storage node (`docs/ARCHITECTURE.md` describes the tables).
 public enum BankSchema {
     /// Every migration, in order.
     public static let migrations: [Migration] = [
@@ -71,7 +71,7 @@ public enum BankSchema {
               PRIMARY KEY (transfer_id)
             ) ENGINE=InnoDB
             """,
-            // The ownership fence (DESIGN §4): every write reads its range's row in share mode.
+            // The ownership fence: every write reads its range's row in share mode.
             """
             CREATE TABLE IF NOT EXISTS range_ownership (
               map_name VARCHAR(32) NOT NULL,
@@ -89,6 +89,45 @@ public enum BankSchema {
         // learns them from the row it locks (no directory read on the fast path).
         Migration(version: 2, name: "previous nodes on the account row", statements: [
             "ALTER TABLE account_info ADD COLUMN IF NOT EXISTS previous_nodes VARCHAR(1024) NOT NULL DEFAULT ''",
+        ]),
+        // Attempts own their branches. A decision row per attempt: `(transfer_id, attempt)` arbitrates
+        // between an attempt's coordinator committing and a resolver presuming its abort, so an aborted
+        // attempt no longer spends its key; `committed_id` (the transfer id of committed rows only) is
+        // unique, so a node holds at most one committed attempt per transfer. Postings name their
+        // attempt. Keys and ids compare byte for byte: the server's default collation folds case and
+        // accents, which made "Key-A" and "key-a" one transfer.
+        Migration(version: 3, name: "attempts own their branches; binary keys", statements: [
+            """
+            ALTER TABLE transfers
+              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              ADD COLUMN IF NOT EXISTS attempt VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '' AFTER transfer_id,
+              ADD COLUMN IF NOT EXISTS committed_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
+                AS (IF(state = 'committed', transfer_id, NULL)) PERSISTENT,
+              DROP PRIMARY KEY, ADD PRIMARY KEY (transfer_id, attempt),
+              ADD UNIQUE KEY IF NOT EXISTS one_commit (committed_id)
+            """,
+            """
+            ALTER TABLE journal
+              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              ADD COLUMN IF NOT EXISTS attempt VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '' AFTER transfer_id
+            """,
+            """
+            ALTER TABLE account_info
+              MODIFY balance_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''
+            """,
+            """
+            ALTER TABLE account_directory
+              MODIFY directory_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY data_node VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY data_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''
+            """,
+            """
+            ALTER TABLE range_ownership
+              MODIFY map_name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL
+            """,
         ]),
     ]
 

@@ -2,7 +2,7 @@ import MariaDB
 
 /// The SQL of one node's part of a ledger operation. Every write transaction reads the fence first.
 enum AccountSQL {
-    /// The fence (DESIGN §4): the node must own `range` of `map` and the range must be active.
+    /// The fence: the node must own `range` of `map` and the range must be active.
     /// Share mode, so a range move's freeze (an exclusive lock) waits for in-flight writes.
     static func fence(_ c: MariaDBConnection, map: String, range: String, node: String) async throws {
         let rows = try await c.execute(
@@ -88,21 +88,31 @@ enum AccountSQL {
                 + changes.map { .int($0.id) })
     }
 
-    /// Postings in one statement.
-    static func journal(_ c: MariaDBConnection, transferID: String, postings: [(account: Int64, amount: Int64, balanceAfter: Int64)]) async throws {
-        try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES "
-                            + postings.map { _ in "(?, ?, ?, ?)" }.joined(separator: ", "),
-                            postings.flatMap { [MariaDBValue.int($0.account), .string(transferID), .money(minorUnits: $0.amount), .money(minorUnits: $0.balanceAfter)] })
+    /// One line of an account's statement, written by one attempt of a transfer.
+    struct Posting: Sendable {
+        var account: Int64
+        var amount: Int64
+        var balanceAfter: Int64
+    }
+
+    private static func values(_ p: Posting, _ transferID: String, _ attempt: AttemptID) -> [MariaDBValue] {
+        [.int(p.account), .string(transferID), .string(attempt.rawValue), .money(minorUnits: p.amount), .money(minorUnits: p.balanceAfter)]
+    }
+
+    /// Postings in one statement. `journal.one_posting` (transfer, account) is unique: a second
+    /// attempt's posting waits for, then collides with, a committed first one.
+    static func journal(_ c: MariaDBConnection, transferID: String, attempt: AttemptID, postings: [Posting]) async throws {
+        try await c.execute("INSERT INTO journal (account_id, transfer_id, attempt, amount, balance_after) VALUES "
+                            + postings.map { _ in "(?, ?, ?, ?, ?)" }.joined(separator: ", "),
+                            postings.flatMap { values($0, transferID, attempt) })
     }
 
     /// One posting, inserted only if every accounts-map range in `ranges` is active on this node
     /// (the fence, ``activeRanges(_:)``). Returns false (nothing inserted) when one is not.
-    static func journalFenced(_ c: MariaDBConnection, transferID: String, posting: (account: Int64, amount: Int64, balanceAfter: Int64),
-                              ranges: [String]) async throws -> Bool {
+    static func journalFenced(_ c: MariaDBConnection, transferID: String, attempt: AttemptID, posting: Posting, ranges: [String]) async throws -> Bool {
         let fence = activeRanges(ranges)
-        let result = try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) SELECT ?, ?, ?, ? \(fence.sql)",
-                                         [.int(posting.account), .string(transferID), .money(minorUnits: posting.amount), .money(minorUnits: posting.balanceAfter)]
-                                            + fence.parameters)
+        let result = try await c.execute("INSERT INTO journal (account_id, transfer_id, attempt, amount, balance_after) SELECT ?, ?, ?, ?, ? \(fence.sql)",
+                                         values(posting, transferID, attempt) + fence.parameters)
         return result.affectedRows == 1
     }
 
@@ -115,11 +125,6 @@ enum AccountSQL {
 
     static func delete(_ c: MariaDBConnection, _ id: Int64) async throws {
         try await c.execute("DELETE FROM account_info WHERE account_id = ?", [.int(id)])
-    }
-
-    static func journal(_ c: MariaDBConnection, account: Int64, transferID: String, amount: Int64, balanceAfter: Int64) async throws {
-        try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES (?, ?, ?, ?)",
-                            [.int(account), .string(transferID), .money(minorUnits: amount), .money(minorUnits: balanceAfter)])
     }
 
     struct DirectoryEntry: Sendable {

@@ -47,6 +47,7 @@ public final class Bank: Sendable {
     let refreshMaps: @Sendable () async throws -> Void
     let logger: Logger
     let twoPhase: TwoPhaseCommit
+    let limit: BalanceLimit
     /// Where an account's row was last seen. A hint: always verified on the node.
     struct Location: Sendable {
         var node: String
@@ -58,11 +59,13 @@ public final class Bank: Sendable {
     ///   - maps: the current shard maps (from the metadata cache; called on every operation).
     ///   - refreshMaps: re-reads the maps from their source; called when a node answers that it does
     ///     not own a range (`wrong_shard`), before the operation is planned again.
+    ///   - limit: the highest balance an account may hold; a movement past it is refused (`balance_limit`).
     ///   - hook: test-only: called at each step of two-phase commit.
     public init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
                 refreshMaps: @escaping @Sendable () async throws -> Void = {},
-                nextAccountID: @escaping @Sendable () async throws -> Int64, logger: Logger,
+                nextAccountID: @escaping @Sendable () async throws -> Int64, limit: BalanceLimit = BalanceLimit(), logger: Logger,
                 hook: (@Sendable (TwoPhaseStep) async throws -> Void)? = nil) {
+        self.limit = limit
         self.connections = connections
         self.maps = maps
         self.refreshMaps = refreshMaps
@@ -107,6 +110,7 @@ public final class Bank: Sendable {
     /// Opens an account with an opening balance (≥ 0); its id comes from the allocator.
     public func openAccount(customerName: String, balance: Money, idempotencyKey: String) async throws -> Account {
         guard balance.minorUnits >= 0 else { throw LedgerError(.invalid, "an opening balance cannot be negative") }
+        _ = try newBalance(of: nil, from: 0, adding: balance.minorUnits)
         let maps = try self.maps()
         let range = try maps.accounts.range(for: balance.minorUnits)
         let hash = requestHash("open", customerName, balance.description)
@@ -117,18 +121,19 @@ public final class Bank: Sendable {
         let row = AccountSQL.Row(accountID: id, customerName: customerName, balance: balance.minorUnits, range: range.id, version: 1,
                                  createdAt: SQLDateTime(unixMicroseconds: Int64(Date().timeIntervalSince1970 * 1_000_000)))
         let key = idempotencyKey
+        let attempt = AttemptID.random()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
         work[range.node, default: []].append { c in
             try await AccountSQL.fence(c, map: "accounts", range: range.id, node: range.node)
             try await AccountSQL.insert(c, row)
-            try await AccountSQL.journal(c, account: id, transferID: key, amount: balance.minorUnits, balanceAfter: balance.minorUnits)
+            try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: balance.minorUnits, balanceAfter: balance.minorUnits)])
         }
         work[directory.node, default: []].append { c in
             try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
             try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
         }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
-                                      requestHash: hash, participants: work.keys.sorted())
+                                      requestHash: hash, participants: work.keys.sorted(), attempt: attempt)
         do {
             try await commit(decision, work: work, commitPoint: range.node)
         } catch let error as LedgerError where error.code == .aborted {
@@ -141,32 +146,41 @@ public final class Bank: Sendable {
     }
 
     private func openedEarlier(key: String, hash: String, node: String) async throws -> Account? {
-        let row = try await connections.withConnection(node) { c in
-            try await c.execute("SELECT state, request_hash, to_account FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
-        }
-        guard let row else { return nil }
-        try requireCommittedEarlier(row, key: key, hash: hash)
-        guard let id = try row.optionalInt64("to_account") else {
-            throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) recorded no account; send the request again with a new key")
+        guard let earlier = try await committedEarlier(key: key, hash: hash, on: node) else { return nil }
+        guard let id = earlier.toAccount else {
+            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
         }
         return try await account(id)
     }
 
-    /// An earlier decision row for this key: the same request, and committed — else the answer says why not.
-    private func requireCommittedEarlier(_ row: MariaDBRow, key: String, hash: String) throws {
-        // An aborted row may have been written by a resolver that never saw the request: no hash to compare.
-        guard try row.string("state") == DecisionState.committed.rawValue else {
-            throw LedgerError(.aborted, "the earlier attempt with idempotency key \(key) was rolled back; send the request again with a new key")
-        }
-        guard try row.string("request_hash") == hash else {
+    /// The committed attempt of this key on `node`, if it is the same request; a committed
+    /// different request is refused. Aborted attempts do not count: they changed nothing, and a
+    /// retry with the same key may still commit.
+    private func committedEarlier(key: String, hash: String, on node: String) async throws -> CommittedDecision? {
+        guard let earlier = try await connections.withConnection(node, { try await DecisionRows.committed(key, on: $0) }) else { return nil }
+        guard earlier.requestHash == hash else {
             throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+        }
+        return earlier
+    }
+
+    /// `balance` + `delta` for `account` (nil: an opening balance), or the refusal: below zero is
+    /// insufficient funds, above the ceiling a `balance_limit`. Never traps.
+    private func newBalance(of account: Int64?, from balance: Int64, adding delta: Int64) throws -> Int64 {
+        switch limit.apply(delta, to: balance) {
+        case .balance(let after): return after
+        case .belowZero:
+            throw LedgerError(.insufficientFunds, "account \(account.map(String.init) ?? "") holds \(Money(minorUnits: balance)), less than \(Money(minorUnits: -delta))")
+        case .aboveCeiling:
+            let whose = account.map { "account \($0) would hold more than" } ?? "an account may not hold more than"
+            throw LedgerError(.balanceLimit, "\(whose) the ledger's limit of \(limit.ceiling) per account; nothing was changed", node: nil)
         }
     }
 
     /// The decision row of a balance change.
     private func movementDecision(kind: String, key: String, changes: [(Int64, Int64)], hash: String, participants: [String]) -> DecisionRecord {
         DecisionRecord(transferID: key, kind: kind, fromAccount: changes.first { $0.1 < 0 }?.0, toAccount: changes.first { $0.1 > 0 }?.0,
-                       amountMinorUnits: changes.map { abs($0.1) }.max() ?? 0, requestHash: hash, participants: participants)
+                       amountMinorUnits: changes.map { $0.1.magnitude }.max().map { Int64(clamping: $0) } ?? 0, requestHash: hash, participants: participants)
     }
 
     /// Adds `amount` (> 0) to an account.
@@ -262,7 +276,8 @@ public final class Bank: Sendable {
         do {
             if order.count == 1 {
                 try await localTransaction(on: commitPoint, decision: decision) { c in
-                    let part = try await self.lockedPart(c, node: commitPoint, key: key, changes: changes, home: home, decision: decision, ranges: ranges(changes), maps: maps)
+                    let part = try await self.lockedPart(c, node: commitPoint, key: key, attempt: decision.attempt, changes: changes, home: home,
+                                                         decision: decision, ranges: ranges(changes), maps: maps)
                     written.withLock { $0.merge(part.written) { $1 } }
                 }
             } else {
@@ -271,22 +286,15 @@ public final class Bank: Sendable {
                     let part = byNode[node]!
                     let isPoint = node == commitPoint
                     return TwoPhaseCommit.Branch(node: node) { c in
-                        let done = try await self.lockedPart(c, node: node, key: key, changes: part, home: home, decision: nil,
-                                                             ranges: ranges(part), maps: maps, deferFence: isPoint)
+                        let done = try await self.lockedPart(c, node: node, key: key, attempt: decision.attempt, changes: part, home: home,
+                                                             decision: nil, ranges: ranges(part), maps: maps, deferFence: isPoint)
                         written.withLock { $0.merge(done.written) { $1 } }
                         if isPoint { pointRanges.withLock { $0 = done.unfenced } }
                     }
                 }
                 // The commit point's fence travels with its decision row, the statement before COMMIT.
                 try await twoPhase.run(decision: decision, branches: branches, commitPoint: commitPoint) { c in
-                    let inserted: Bool
-                    do throws(MariaDBError) {
-                        inserted = try await DecisionRows.insertFenced(decision, ranges: pointRanges.withLock { $0 }, on: c)
-                    } catch {
-                        if error.errorNumber == 1062 { throw AlreadyDecided() }
-                        throw error
-                    }
-                    guard inserted else { throw NotSimple() }
+                    try await self.insertDecision(decision, ranges: pointRanges.withLock { $0 }, on: c)
                 }
             }
         } catch {
@@ -294,7 +302,7 @@ public final class Bank: Sendable {
             if let e = error as? LedgerError, e.code == .aborted, let underlying = e.underlying { cause = underlying }
             if cause is NotSimple { return nil }
             if cause is AlreadyDecided { return try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) }
-            if let e = cause as? LedgerError, e.code == .insufficientFunds { throw e }
+            if let e = cause as? LedgerError, e.code == .insufficientFunds || e.code == .balanceLimit { throw e }
             if error is LedgerError || error is CoordinatorCrash { throw error }
             throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(error)", node: commitPoint, underlying: error)
         }
@@ -305,8 +313,21 @@ public final class Bank: Sendable {
 
     /// Not the simple case (see ``lockFirst``); nothing is written.
     private struct NotSimple: Error {}
-    /// The decision row of this key exists already: answer as the first attempt did.
+    /// Another attempt of this key committed already: answer as it did.
     private struct AlreadyDecided: Error {}
+
+    /// The decision row of a lock-first attempt, fenced (see ``DecisionRows/insertFenced(_:ranges:on:)``):
+    /// a committed attempt of the key → ``AlreadyDecided``; a range not active here → ``NotSimple``.
+    private func insertDecision(_ decision: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws {
+        let inserted: Bool
+        do throws(MariaDBError) {
+            inserted = try await DecisionRows.insertFenced(decision, ranges: ranges, on: c)
+        } catch {
+            if error.errorNumber == 1062 { throw AlreadyDecided() }
+            throw error
+        }
+        guard inserted else { throw NotSimple() }
+    }
 
     /// One node's part of ``lockFirst`` inside its (local or XA) transaction: with `decision`, the
     /// decision row first — the idempotency check and the fence of the ranges the rows were last seen
@@ -314,19 +335,12 @@ public final class Bank: Sendable {
     /// the postings in one insert. Ranges involved but not fenced yet are fenced by one shared-lock
     /// read, or with `deferFence` returned in `unfenced` for the caller to fence before the commit
     /// (a shared lock taken late and held to the end protects as well as one taken first).
-    private func lockedPart(_ c: MariaDBConnection, node: String, key: String, changes: [(Int64, Int64)], home: Int64, decision: DecisionRecord?,
-                            ranges hinted: [String], maps: LedgerMaps, deferFence: Bool = false) async throws
+    private func lockedPart(_ c: MariaDBConnection, node: String, key: String, attempt: AttemptID, changes: [(Int64, Int64)], home: Int64,
+                            decision: DecisionRecord?, ranges hinted: [String], maps: LedgerMaps, deferFence: Bool = false) async throws
         -> (written: [Int64: (location: Location, balance: Money)], unfenced: [String]) {
         var fenced: Set<String> = []
         if let decision {
-            let inserted: Bool
-            do throws(MariaDBError) {
-                inserted = try await DecisionRows.insertFenced(decision, ranges: hinted, on: c)
-            } catch {
-                if error.errorNumber == 1062 { throw AlreadyDecided() }
-                throw error
-            }
-            guard inserted else { throw NotSimple() }
+            try await insertDecision(decision, ranges: hinted, on: c)
             fenced = Set(hinted)
         }
         let ids = changes.map(\.0).sorted()
@@ -335,19 +349,16 @@ public final class Bank: Sendable {
         guard rows.count == ids.count else { throw NotSimple() }
         if let homeRow = rows.first(where: { $0.accountID == home }), !homeRow.previousNodes.isEmpty { throw NotSimple() }
         var updates: [(id: Int64, balance: Int64, range: String)] = []
-        var postings: [(account: Int64, amount: Int64, balanceAfter: Int64)] = []
+        var postings: [AccountSQL.Posting] = []
         var needed: Set<String> = []
         for row in rows {
             let delta = changes.first { $0.0 == row.accountID }!.1
-            let after = row.balance + delta
-            guard after >= 0 else {
-                throw LedgerError(.insufficientFunds, "account \(row.accountID) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
-            }
+            let after = try newBalance(of: row.accountID, from: row.balance, adding: delta)
             let target = try maps.accounts.range(for: after)
             guard target.node == node else { throw NotSimple() }
             needed.formUnion([row.range, target.id])
             updates.append((row.accountID, after, target.id))
-            postings.append((row.accountID, delta, after))
+            postings.append(.init(account: row.accountID, amount: delta, balanceAfter: after))
         }
         // Ranges not fenced yet (shared locks held to the end, so a handover waits for us): with one
         // posting, in the statement that inserts it; otherwise one read first.
@@ -358,9 +369,9 @@ public final class Bank: Sendable {
         }
         try await AccountSQL.update(c, updates)
         if fenceWithPosting {
-            guard try await AccountSQL.journalFenced(c, transferID: key, posting: postings[0], ranges: missing) else { throw NotSimple() }
+            guard try await AccountSQL.journalFenced(c, transferID: key, attempt: attempt, posting: postings[0], ranges: missing) else { throw NotSimple() }
         } else {
-            try await AccountSQL.journal(c, transferID: key, postings: postings)
+            try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: postings)
         }
         let written = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
         return (written, deferFence ? missing : [])
@@ -369,7 +380,7 @@ public final class Bank: Sendable {
     /// One local transaction on `node` that writes `decision`'s row: `body`, then COMMIT. Errors of
     /// `body` roll back and are rethrown as they are. A COMMIT whose answer is lost with the
     /// connection may or may not have happened: the node's decision row settles it (see
-    /// ``TwoPhaseCommit/learnDecision(_:commitPoint:after:)``) — committed returns normally, rolled back throws `.aborted`, no answer
+    /// ``TwoPhaseCommit/learnDecision(_:attempt:commitPoint:after:)``) — committed returns normally, rolled back throws `.aborted`, no answer
     /// throws `.outcomeUnknown`.
     private func localTransaction(on node: String, decision: DecisionRecord, _ body: @escaping @Sendable (MariaDBConnection) async throws -> Void) async throws {
         let lost: MariaDBError? = try await connections.withConnection(node) { c in
@@ -391,35 +402,34 @@ public final class Bank: Sendable {
             }
         }
         guard let lost else { return }
-        guard try await twoPhase.learnDecision(decision.transferID, commitPoint: node, after: lost) == .committed else {
-            throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(node) lost its answer, and the node says it did not commit)", node: node)
+        guard try await twoPhase.learnDecision(decision.transferID, attempt: decision.attempt, commitPoint: node, after: lost) == .committed else {
+            // This attempt is recorded aborted, the key is not spent: ``move`` may try again at once.
+            throw LedgerError(.aborted, "\(decision.kind) \(decision.transferID) was rolled back (its commit on \(node) lost its answer, and the node says it did not commit)",
+                              node: node, underlying: lost)
         }
     }
 
     static func worthRetrying(_ error: (any Error)?) -> Bool {
-        if error is PlanStale { return true }
+        if error is PlanStale || error is AlreadyDecided { return true } // plan again, or replay
         if let e = error as? MariaDBError { return e.isRetryable || e.errorNumber == 1062 }
         if let e = error as? LedgerError { return worthRetrying(e.underlying) }
         return false
     }
 
-    /// A committed (or aborted) earlier attempt with this key, looked up on every node the home
-    /// account has lived on.
+    /// A committed earlier attempt with this key, looked up on every node the home account has
+    /// lived on (its decision is on the node the home account was on then).
     private func previousOutcome(key: String, home: Int64, hash: String, accounts: [Int64]) async throws -> MovementResult? {
         let homeNodes = try await nodesOf(home)
         guard !homeNodes.isEmpty else { throw LedgerError(.notFound, "account \(home) does not exist") }
         for node in homeNodes {
-            let row = try await connections.withConnection(node) { c in
-                try await c.execute("SELECT state, request_hash FROM transfers WHERE transfer_id = ?", [.string(key)]).rows.first
-            }
-            guard let row else { continue }
-            try requireCommittedEarlier(row, key: key, hash: hash)
+            guard try await committedEarlier(key: key, hash: hash, on: node) != nil else { continue }
             // The balances it left, from its journal entries wherever the accounts lived.
             var balances: [Int64: Money] = [:]
             for account in accounts {
                 for n in try await nodesOf(account) where balances[account] == nil {
                     let j = try await connections.withConnection(n) { c in
-                        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?", [.string(key), .int(account)]).rows.first
+                        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?",
+                                            [.string(key), .int(account)]).rows.first
                     }
                     if let j { balances[account] = Money(minorUnits: try j.minorUnits("balance_after")) }
                 }
@@ -438,6 +448,7 @@ public final class Bank: Sendable {
 
     private func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         let maps = try self.maps()
+        let attempt = AttemptID.random()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
         // The balances left: a moved row's from the plan (its version must match), the others' from
         // the rows locked at execution.
@@ -450,11 +461,17 @@ public final class Bank: Sendable {
         // Ascending account ids within each node's part; the nodes are visited in ``commit``'s order.
         for (id, delta) in changes.sorted(by: { $0.0 < $1.0 }) {
             let (row, node) = try await locate(id)
-            let after = row.balance + delta
-            guard after >= 0 else {
-                throw LedgerError(.insufficientFunds, "account \(id) holds \(Money(minorUnits: row.balance)), less than \(Money(minorUnits: -delta))")
-            }
+            let after = try newBalance(of: id, from: row.balance, adding: delta)
             if id == home { homeNode = node }
+            // The home account lived elsewhere: another attempt of this key may have committed there
+            // after ``previousOutcome`` looked. Its decision needed the home row locked there, so once
+            // this attempt holds the row here, a look at those nodes is final.
+            let lookBack = id == home ? row.previousNodes.split(separator: ",").map(String.init).filter { $0 != node } : []
+            @Sendable func noEarlierCommit() async throws {
+                for earlier in lookBack where try await connections.withConnection(earlier, { try await DecisionRows.committed(key, on: $0) }) != nil {
+                    throw AlreadyDecided()
+                }
+            }
             let target = try maps.accounts.range(for: after)
             let source = row.range
             if target.node == node {
@@ -464,12 +481,14 @@ public final class Bank: Sendable {
                     // The row may have changed since it was read: what counts is that the plan's
                     // shape (ranges fenced, the row staying here) holds for the balance now locked.
                     let locked = try await AccountSQL.lock(c, id, node: node)
-                    let now = locked.balance + delta
-                    guard locked.range == source, now >= 0, try maps.accounts.range(for: now).id == target.id else {
+                    try await noEarlierCommit()
+                    // Refusals (funds, ceiling) are the plan's to make: a changed row plans again.
+                    guard locked.range == source, let now = try? self.newBalance(of: id, from: locked.balance, adding: delta),
+                          try maps.accounts.range(for: now).id == target.id else {
                         throw PlanStale(reason: "account \(id) changed on \(node) since it was read", stillThere: true)
                     }
                     try await AccountSQL.update(c, id, balance: now, range: target.id)
-                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: now)
+                    try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: delta, balanceAfter: now)])
                     settled.withLock { $0[id] = Money(minorUnits: now) }
                 }
             } else {
@@ -479,6 +498,7 @@ public final class Bank: Sendable {
                 add(node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
                     try await AccountSQL.lock(c, row, node: node)
+                    try await noEarlierCommit()
                     try await AccountSQL.delete(c, id)
                 }
                 var moved = row
@@ -491,7 +511,7 @@ public final class Bank: Sendable {
                 add(target.node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node)
                     try await AccountSQL.insert(c, movedRow)
-                    try await AccountSQL.journal(c, account: id, transferID: key, amount: delta, balanceAfter: after)
+                    try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: delta, balanceAfter: after)])
                 }
                 add(directory.node) { c in
                     try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
@@ -499,7 +519,8 @@ public final class Bank: Sendable {
                 }
             }
         }
-        let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
+        var decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
+        decision.attempt = attempt
         try await commit(decision, work: work, commitPoint: homeNode)
         return MovementResult(transferID: key, balances: moved.merging(settled.withLock { $0 }) { $1 }, replayed: false)
     }

@@ -20,6 +20,8 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
         public static let insufficientFunds = Code("insufficient_funds")
         /// The idempotency key was used before for a different request.
         public static let idempotencyConflict = Code("idempotency_conflict")
+        /// The movement would take a balance above the ledger's per-account limit.
+        public static let balanceLimit = Code("balance_limit")
         /// The request itself is invalid (amount, accounts).
         public static let invalid = Code("invalid_request")
     }

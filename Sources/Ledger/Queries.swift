@@ -91,18 +91,22 @@ extension Bank {
         return (page, all.count > limit ? page.last?.cursor : nil)
     }
 
-    /// A transfer (or deposit, withdrawal, opening) by id, from whichever node holds its decision.
+    /// A transfer (or deposit, withdrawal, opening) by id: its committed attempt, wherever it is;
+    /// else, when only aborted attempts are recorded, `aborted` (nothing was changed, and a retry
+    /// with the same key may still commit).
     public func transferRecord(_ id: String) async throws -> TransferRecord {
+        var aborted: TransferRecord?
         for node in connections.nodes {
-            let row = try await connections.withConnection(node) { c in
-                try await c.execute("SELECT kind, state, from_account, to_account, amount FROM transfers WHERE transfer_id = ?", [.string(id)]).rows.first
+            if let d = try await connections.withConnection(node, { try await DecisionRows.committed(id, on: $0) }) {
+                return TransferRecord(transferID: id, kind: d.kind, state: DecisionState.committed.rawValue, fromAccount: d.fromAccount,
+                                      toAccount: d.toAccount, amount: Money(minorUnits: d.amount), node: node)
             }
-            if let row {
-                return TransferRecord(transferID: id, kind: try row.string("kind"), state: try row.string("state"),
-                                      fromAccount: try row.optionalInt64("from_account"), toAccount: try row.optionalInt64("to_account"),
-                                      amount: Money(minorUnits: try row.minorUnits("amount")), node: node)
+            if aborted == nil, try await connections.withConnection(node, { try await DecisionRows.anyAttempt(id, on: $0) }) {
+                aborted = TransferRecord(transferID: id, kind: "unknown", state: DecisionState.aborted.rawValue, fromAccount: nil, toAccount: nil,
+                                         amount: .zero, node: node)
             }
         }
+        if let aborted { return aborted }
         throw LedgerError(.notFound, "no transfer \(id.prefix(64))")
     }
 }

@@ -13,72 +13,19 @@ public struct DecisionRecord: Sendable {
     /// with a different body. Not a secret and not cryptographic: it only tells requests apart.
     public var requestHash: String
     public var participants: [String]
+    /// The attempt whose branches and postings this decision commits (a new one for every try).
+    public var attempt: AttemptID
 
     public init(transferID: String, kind: String, fromAccount: Int64? = nil, toAccount: Int64? = nil,
-                amountMinorUnits: Int64, requestHash: String, participants: [String]) {
+                amountMinorUnits: Int64, requestHash: String, participants: [String], attempt: AttemptID = .random()) {
         self.transferID = transferID
+        self.attempt = attempt
         self.kind = kind
         self.fromAccount = fromAccount
         self.toAccount = toAccount
         self.amountMinorUnits = amountMinorUnits
         self.requestHash = requestHash
         self.participants = participants
-    }
-}
-
-/// The state a decision row records.
-public enum DecisionState: String, Sendable {
-    case committed, aborted
-}
-
-/// SQL of the decision rows, shared by the coordinator and the resolver.
-enum DecisionRows {
-    private static let columns = "transfer_id, kind, state, from_account, to_account, amount, request_hash, participants"
-
-    private static func values(_ record: DecisionRecord, _ state: DecisionState) -> [MariaDBValue] {
-        [.string(record.transferID), .string(record.kind), .string(state.rawValue),
-         record.fromAccount.map(MariaDBValue.int) ?? .null, record.toAccount.map(MariaDBValue.int) ?? .null,
-         .money(minorUnits: record.amountMinorUnits), .string(record.requestHash), .string(record.participants.joined(separator: ","))]
-    }
-
-    static func insert(_ record: DecisionRecord, state: DecisionState, on c: MariaDBConnection) async throws(MariaDBError) {
-        try await c.execute("INSERT INTO transfers (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values(record, state))
-    }
-
-    /// Inserts a committed decision row only if every accounts-map range in `ranges` is active on this
-    /// node. One statement is both the idempotency check (a second attempt with the key fails with
-    /// 1062) and the fence (``AccountSQL/activeRanges(_:)``). Returns false (nothing written) when a
-    /// range is not active here.
-    static func insertFenced(_ record: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
-        let fence = AccountSQL.activeRanges(ranges)
-        let result = try await c.execute("INSERT INTO transfers (\(columns)) SELECT ?, ?, ?, ?, ?, ?, ?, ? \(fence.sql)",
-                                         values(record, .committed) + fence.parameters)
-        return result.affectedRows == 1
-    }
-
-    /// Presumed abort made explicit: the row that stops a late coordinator from committing.
-    static func insertAborted(transferID: String, on c: MariaDBConnection) async throws(MariaDBError) {
-        try await insert(DecisionRecord(transferID: transferID, kind: "unknown", amountMinorUnits: 0, requestHash: "", participants: []),
-                         state: .aborted, on: c)
-    }
-
-    static func state(of transferID: String, on c: MariaDBConnection) async throws -> DecisionState? {
-        let rows = try await c.execute("SELECT state FROM transfers WHERE transfer_id = ?", [.string(transferID)]).rows
-        guard let row = rows.first else { return nil }
-        return DecisionState(rawValue: try row.string("state")) ?? .aborted
-    }
-
-    /// Reads the decision, and where there is none, records an abort (the primary key arbitrates
-    /// against a coordinator that is still running). Returns the decision that stands.
-    static func decideIfAbsent(_ transferID: String, on c: MariaDBConnection) async throws -> DecisionState {
-        if let state = try await state(of: transferID, on: c) { return state }
-        do {
-            try await insertAborted(transferID: transferID, on: c)
-            return .aborted
-        } catch {
-            guard error.errorNumber == 1062 else { throw error }
-            return try await state(of: transferID, on: c) ?? .aborted
-        }
     }
 }
 
@@ -93,7 +40,7 @@ public enum TwoPhaseStep: Sendable, Hashable {
 }
 
 /// Runs one atomic transaction across nodes: two-phase commit with presumed abort, where the
-/// commit-point node's local COMMIT (with the decision row) is the decision (DESIGN §5).
+/// commit-point node's local COMMIT (with the decision row) is the decision (`docs/LEDGER.md`).
 ///
 /// Participants run in the order given (callers visit nodes in one global order, so that concurrent
 /// transactions cannot wait on each other across nodes), each as an XA branch
@@ -122,10 +69,14 @@ public struct TwoPhaseCommit: Sendable {
         self.hook = hook
     }
 
+    /// A connection this attempt leased. `xid` is set only once this attempt's `XA START` succeeded:
+    /// a branch is rolled back only by the attempt that started it (any session *can* roll back any
+    /// detached branch, which is how a retry once undid a committed transfer).
     private struct Leased {
         var node: String
         var pool: MariaDBPool
         var connection: MariaDBConnection
+        var isCommitPoint: Bool
         var xid: XID?
         var prepared = false
     }
@@ -148,6 +99,7 @@ public struct TwoPhaseCommit: Sendable {
     public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String,
                     decide: (@Sendable (MariaDBConnection) async throws -> Void)? = nil) async throws {
         let transferID = decision.transferID
+        let attempt = decision.attempt
         guard BranchName.validate(transferID: transferID, nodes: branches.map(\.node)),
               branches.filter({ $0.node == commitPoint }).count == 1, Set(branches.map(\.node)).count == branches.count else {
             throw LedgerError(.aborted, "invalid transaction \(transferID): one branch per node, one on the commit point, names within XA limits")
@@ -155,7 +107,7 @@ public struct TwoPhaseCommit: Sendable {
         var leased: [Leased] = []
         do {
             let decide = decide ?? { try await DecisionRows.insert(decision, state: .committed, on: $0) }
-            try await phaseOne(branches, transferID: transferID, commitPoint: commitPoint, decide: decide, leased: &leased)
+            try await phaseOne(branches, transferID: transferID, attempt: attempt, commitPoint: commitPoint, decide: decide, leased: &leased)
             try await hook?(.beforeDecision)
         } catch is CoordinatorCrash {
             await abandon(leased)
@@ -168,7 +120,7 @@ public struct TwoPhaseCommit: Sendable {
             throw LedgerError(.aborted, "transaction \(transferID) was rolled back: \(error)", underlying: error)
         }
 
-        let point = leased.first { $0.xid == nil }!
+        let point = leased.first { $0.isCommitPoint }!
         do {
             try await point.connection.commit()
         } catch {
@@ -176,7 +128,7 @@ public struct TwoPhaseCommit: Sendable {
             // the decision unknown until the commit point is asked.
             let decided: DecisionState
             do {
-                decided = try await learnDecision(transferID, commitPoint: commitPoint, after: error)
+                decided = try await learnDecision(transferID, attempt: attempt, commitPoint: commitPoint, after: error)
             } catch {
                 // Outcome unknown: hang up on the participants, so their prepared branches detach
                 // from our sessions and the in-doubt resolver can finish them from the decision.
@@ -184,7 +136,7 @@ public struct TwoPhaseCommit: Sendable {
                 throw error
             }
             if decided == .aborted {
-                await rollBack(leased.filter { $0.xid != nil }, transferID: transferID)
+                await rollBack(leased.filter { !$0.isCommitPoint }, transferID: transferID)
                 release(leased)
                 throw LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point: \(error)", node: commitPoint, underlying: error)
             }
@@ -218,7 +170,7 @@ public struct TwoPhaseCommit: Sendable {
     /// holding it could block the resolver). This returns only when every prepare has answered;
     /// every branch that was started is in `leased` when it returns or throws; a `CoordinatorCrash`
     /// from the hook wins over other errors.
-    private func phaseOne(_ branches: [Branch], transferID: String, commitPoint: String,
+    private func phaseOne(_ branches: [Branch], transferID: String, attempt: AttemptID, commitPoint: String,
                           decide: @Sendable (MariaDBConnection) async throws -> Void, leased: inout [Leased]) async throws {
         typealias Prepared = (index: Int, prepared: Bool, error: (any Error)?)
         let hook = self.hook
@@ -234,14 +186,15 @@ public struct TwoPhaseCommit: Sendable {
                     }
                     if branch.node == commitPoint {
                         // The commit point: a local transaction, kept open until the others are prepared.
-                        leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: nil))
+                        leased.append(Leased(node: branch.node, pool: pool, connection: connection, isCommitPoint: true))
                         try await connection.begin()
                         try await branch.work(connection)
                         continue
                     }
-                    let xid = BranchName.xid(transferID: transferID, participant: branch.node, commitPoint: commitPoint)
-                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, xid: xid))
+                    let xid = BranchName.xid(transferID: transferID, attempt: attempt, participant: branch.node, commitPoint: commitPoint)
+                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, isCommitPoint: false))
                     try await connection.xaStart(xid)
+                    leased[leased.count - 1].xid = xid
                     try await branch.work(connection)
                     let index = leased.count - 1, node = branch.node
                     prepares.addTask {
@@ -257,7 +210,7 @@ public struct TwoPhaseCommit: Sendable {
                         }
                     }
                 }
-                try await decide(leased.first { $0.xid == nil }!.connection)
+                try await decide(leased.first { $0.isCommitPoint }!.connection)
             } catch {
                 failures.append(error)
             }
@@ -275,13 +228,13 @@ public struct TwoPhaseCommit: Sendable {
     /// connection is settled by the decision row — where there is none, an `aborted` row is recorded
     /// (the primary key arbitrates against a commit still in flight). When the node cannot be asked
     /// for ~2 s the outcome is unknown, and said so.
-    func learnDecision(_ transferID: String, commitPoint: String, after error: any Error) async throws -> DecisionState {
+    func learnDecision(_ transferID: String, attempt: AttemptID, commitPoint: String, after error: any Error) async throws -> DecisionState {
         if let e = error as? MariaDBError, !e.isConnectionBroken { return .aborted }
-        for attempt in 0..<10 {
+        for asked in 0..<10 {
             do {
-                return try await connections.withConnection(commitPoint) { try await DecisionRows.decideIfAbsent(transferID, on: $0) }
+                return try await connections.withConnection(commitPoint) { try await DecisionRows.decideIfAbsent(transferID, attempt: attempt, on: $0) }
             } catch {
-                logger.warning("cannot learn the decision yet", metadata: ["transfer_id": "\(transferID)", "attempt": "\(attempt)", "error": "\(error)"])
+                logger.warning("cannot learn the decision yet", metadata: ["transfer_id": "\(transferID)", "attempt": "\(attempt)", "asked": "\(asked)", "error": "\(error)"])
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
@@ -294,7 +247,9 @@ public struct TwoPhaseCommit: Sendable {
         for branch in leased {
             let c = branch.connection
             guard !c.isBroken else { continue } // the server rolls back an unprepared branch of a lost connection
-            if let xid = branch.xid {
+            if branch.isCommitPoint {
+                _ = try? await c.rollback()
+            } else if let xid = branch.xid {
                 if !branch.prepared { _ = try? await c.xaEnd(xid) }
                 do { try await c.xaRollback(xid) } catch {
                     await c.close() // detach the branch (see phase two)
@@ -302,7 +257,8 @@ public struct TwoPhaseCommit: Sendable {
                                    metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
                 }
             } else {
-                _ = try? await c.rollback()
+                // Its XA START failed: there is no branch of ours on that session to end.
+                continue
             }
         }
     }

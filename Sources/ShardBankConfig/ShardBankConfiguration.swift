@@ -3,6 +3,7 @@ import Etcd
 import Foundation
 import Logging
 import MariaDB
+import Sharding
 import SystemPackage
 
 /// Everything a ShardBank process is configured with: one JSON file (the seed's `appsettings.json`),
@@ -43,6 +44,8 @@ public struct ShardBankConfiguration: Sendable {
     public var nodes: [Node]
     public var httpHost: String
     public var httpPort: Int
+    /// The highest balance an account may hold (`ledger.max_balance`, a decimal string).
+    public var balanceLimit: BalanceLimit
 
     /// The driver configuration for a node at a registered address.
     public func mariaDB(node id: String, host: String, port: Int, database: String, tlsMode: String? = nil) -> MariaDBConfiguration {
@@ -190,8 +193,11 @@ private struct Reader {
         var nodes: [ShardBankConfiguration.Node] = []
         let defaultTLS = try tlsMode("mysql.tls_mode", default: .disabled)
         for id in try strings("cluster.nodes") ?? [] {
-            guard !id.isEmpty, id.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
-                throw fail("cluster.nodes", "node id \"\(id)\" may contain only letters, digits, - and _")
+            guard !id.isEmpty, id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+                throw fail("cluster.nodes", "node id \"\(id)\" may contain only ASCII letters, digits, - and _")
+            }
+            guard id.utf8.count <= 25 else {
+                throw fail("cluster.nodes", "node id \"\(id)\" is longer than 25 characters (two node ids and an attempt id name an XA branch in 64 bytes)")
             }
             guard let host = try string("nodes.\(id).host") else { throw fail("nodes.\(id).host", "node \(id) is listed in cluster.nodes but has no host") }
             nodes.append(.init(id: id, host: host, port: try int("nodes.\(id).port", default: 3306, range: 1...65535),
@@ -213,6 +219,19 @@ private struct Reader {
                 acquireTimeout: .milliseconds(try int("mysql.pool.acquire_timeout_ms", default: 2000, range: 1...600_000))))
         return ShardBankConfiguration(
             sourceFile: file, logLevel: level, etcd: etcd, etcdPrefix: prefix, mysql: mysql, nodes: nodes,
-            httpHost: try string("http.host") ?? "127.0.0.1", httpPort: try int("http.port", default: 8080, range: 0...65535))
+            httpHost: try string("http.host") ?? "127.0.0.1", httpPort: try int("http.port", default: 8080, range: 0...65535),
+            balanceLimit: try balanceLimit("ledger.max_balance"))
+    }
+
+    func balanceLimit(_ key: String) throws(ConfigurationError) -> BalanceLimit {
+        guard let text = try string(key) else { return BalanceLimit() }
+        let ceiling: Money
+        do { ceiling = try Money(parsing: text) } catch {
+            throw fail(key, "must be an amount such as \"1000000000000.00\": \(error.description)")
+        }
+        guard ceiling.minorUnits > 0, ceiling <= BalanceLimit.maximumCeiling else {
+            throw fail(key, "must be more than 0.00 and at most \(BalanceLimit.maximumCeiling), not \(ceiling)")
+        }
+        return BalanceLimit(ceiling: ceiling)
     }
 }

@@ -35,7 +35,8 @@ struct BankRuntime {
                     throw MetadataError(.notInitialized, "the shard maps are not loaded")
                 }
                 return LedgerMaps(accounts: accounts, directory: directory)
-            }, refreshMaps: { try await cache.refreshMaps() }, nextAccountID: { try await allocator.nextID() }, logger: logger, hook: hook)
+            }, refreshMaps: { try await cache.refreshMaps() }, nextAccountID: { try await allocator.nextID() },
+                            limit: configuration.balanceLimit, logger: logger, hook: hook)
             return BankRuntime(etcd: etcd, store: store, cache: cache, connections: connections, bank: bank)
         } catch {
             try? await etcd.shutdown()

@@ -91,3 +91,25 @@ func nodeConnections(_ configuration: ShardBankConfiguration, nodes: [NodeInfo],
     }
     return connections
 }
+
+/// A pool per registered node and the shard maps, read from the cluster `options` names; the pools
+/// and the etcd client are shut down after `body`.
+func withNodeConnections<T: Sendable>(_ options: ConfigOptions, _ body: (NodeConnections, LedgerMaps) async throws -> T) async throws -> T {
+    let configuration = try await options.load()
+    let logger = makeLogger(configuration.logLevel)
+    return try await withEtcd(configuration, logger: logger) { etcd in
+        let store = MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix))
+        guard let accounts = try await store.loadMap(.accounts), let directory = try await store.loadMap(.directory) else {
+            throw CLIError("the cluster is not initialised: run `shardbank ctl init --config FILE` first")
+        }
+        let connections = await nodeConnections(configuration, nodes: try await store.nodes(), logger: logger)
+        do {
+            let result = try await body(connections, LedgerMaps(accounts: accounts.map, directory: directory.map))
+            await connections.shutdown()
+            return result
+        } catch {
+            await connections.shutdown()
+            throw error
+        }
+    }
+}

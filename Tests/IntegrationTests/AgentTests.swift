@@ -123,7 +123,7 @@ struct AgentTests {
         let executable = try shardbankExecutable()
         try await withInitialisedCluster { cluster, etcd in
             // A coordinator that died after preparing on node1, its commit point node2 never decided.
-            let xid = BranchName.xid(transferID: "orphan-1", participant: "node1", commitPoint: "node2")
+            let xid = BranchName.xid(transferID: "orphan-1", attempt: .random(), participant: "node1", commitPoint: "node2")
             let c = try await connect(cluster, "node1")
             try await c.xaStart(xid)
             try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES (1, 'orphan-1', 1.00, 1.00)")

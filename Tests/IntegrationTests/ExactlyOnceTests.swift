@@ -77,10 +77,11 @@ struct ExactlyOnceTests {
             #expect(try await preparedBranches(connections) == 1) // decided committed, participant still prepared
             // The retry arrives at once, at a coordinator that has seen both accounts too.
             let result = try await withResolver(connections) {
-                try await retrying { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K1") }
+                let result = try await retrying { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K1") }
+                try await waitUntilNothingPrepared(connections) // the first attempt's branch, committed by the resolver
+                return result
             }
             #expect(result.replayed)
-            try await waitUntilNothingPrepared(connections)
             #expect(try await bank.account(home.id).balance.minorUnits == money(side.balances.home).minorUnits - 100)
             #expect(try await bank.account(other.id).balance.minorUnits == money(side.balances.other).minorUnits + 100)
             #expect(try await bank.transferRecord("K1").state == "committed")
