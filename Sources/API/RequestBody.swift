@@ -12,14 +12,21 @@ struct RequestBody {
     private let fields: [String: StrictJSON]
 
     static func read(_ request: Request, context: some RequestContext, allowed: Set<String>) async throws -> RequestBody {
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: maxBytes)
-        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
-            // NIO's "too many bytes"; answered here because only here is the limit known.
-            throw APIError(.contentTooLarge, "body_too_large", "the body is larger than \(maxBytes) bytes (64 KiB), the most this API accepts")
+        var buffer = ByteBuffer()
+        var nesting = NestingScanner()
+        for try await chunk in request.body {
+            // Depth before size: `[[[[…` is refused as too deep at its 33rd byte, however long it is.
+            if nesting.exceedsLimit(after: chunk.readableBytesView) { throw tooDeep(nesting.limit) }
+            guard buffer.readableBytes + chunk.readableBytes <= maxBytes else {
+                throw APIError(.contentTooLarge, "body_too_large", "the body is larger than \(maxBytes) bytes (64 KiB), the most this API accepts")
+            }
+            buffer.writeImmutableBuffer(chunk)
         }
         return try parse(Array(buffer.readableBytesView), allowed: allowed)
+    }
+
+    static func tooDeep(_ limit: Int) -> APIError {
+        APIError(.badRequest, "malformed_json", "the body is nested too deep: arrays and objects may nest at most \(limit) deep")
     }
 
     /// The body's bytes → its fields, or the APIError that refuses them.
@@ -30,7 +37,7 @@ struct RequestBody {
             case .duplicateKey(let key):
                 throw APIError(.badRequest, "duplicate_field", "field \"\(key.prefix(64))\" appears more than once; send each field once")
             case .tooDeep(let limit):
-                throw APIError(.badRequest, "malformed_json", "the body is nested too deep: arrays and objects may nest at most \(limit) deep")
+                throw tooDeep(limit)
             case .malformed:
                 throw APIError(.badRequest, "malformed_json", "the body is not valid JSON: \(error.description)")
             }

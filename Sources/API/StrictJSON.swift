@@ -39,6 +39,41 @@ struct StrictJSONError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// Follows the nesting depth of a JSON text as its bytes arrive (brackets inside strings do not
+/// count), so that a body nested too deep is refused at its first excess byte: before the rest of it
+/// is read, and whatever its size. On malformed input it may misjudge; the parser refuses that anyway.
+struct NestingScanner {
+    let limit: Int
+    private(set) var depth = 0
+    private var inString = false
+    private var escaped = false
+
+    init(limit: Int = StrictJSONParser.defaultMaxDepth) {
+        self.limit = limit
+    }
+
+    /// Reads more bytes; true once the depth has gone over the limit.
+    mutating func exceedsLimit(after bytes: some Sequence<UInt8>) -> Bool {
+        for byte in bytes {
+            if inString {
+                if escaped { escaped = false }
+                else if byte == UInt8(ascii: "\\") { escaped = true }
+                else if byte == UInt8(ascii: "\"") { inString = false }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > limit { return true }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return false
+    }
+}
+
 /// A small RFC 8259 parser that is stricter than Foundation's decoder where a bank needs it: an object
 /// that names a member twice is refused (instead of one of the values silently winning), nesting has a
 /// low limit that is checked before descending (so `[[[[…` cannot exhaust the stack), strings must be

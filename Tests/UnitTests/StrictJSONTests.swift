@@ -50,6 +50,22 @@ struct StrictJSONTests {
         #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(Array((String(repeating: "[", count: limit + 1) + String(repeating: "]", count: limit + 1)).utf8)) }
     }
 
+    @Test("the nesting scanner counts brackets outside strings only, across chunks")
+    func nestingScanner() {
+        var scanner = NestingScanner(limit: 2)
+        let first = scanner.exceedsLimit(after: Array(#"{"a":"[[[{{{\"[[","b":["#.utf8))
+        #expect(!first)
+        #expect(scanner.depth == 2)
+        let second = scanner.exceedsLimit(after: Array("]".utf8))
+        #expect(!second)
+        let third = scanner.exceedsLimit(after: Array("[[1]]}".utf8))
+        #expect(third)
+        var deep = NestingScanner()
+        let deepExceeds = deep.exceedsLimit(after: Array(repeating: UInt8(ascii: "["), count: 100_000))
+        #expect(deepExceeds)
+        #expect(deep.depth == StrictJSONParser.defaultMaxDepth + 1)
+    }
+
     @Test("not JSON, or not UTF-8, is malformed", arguments: [
         "", " ", "{", "}", "[1,]", "[01]", "[1.]", "[.5]", "[-]", "[1e]", "[+1]", "[tru]", "[nul]", "\"a", "\"\\x\"", "\"\\u12\"",
         "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "{\"a\" 1}", "{a:1}", "[1 2]", "1 2", "[\"\u{1}\"]", "\u{FEFF}{}",
