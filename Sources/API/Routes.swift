@@ -45,12 +45,34 @@ struct AccountJSON: ResponseEncodable {
     var balance_range: String
     var node: String
 
-    init(_ a: Account, balance: Money? = nil) {
+    init(_ a: Account) {
         account_id = a.id
         customer_name = a.customerName
-        self.balance = (balance ?? a.balance).description
+        balance = a.balance.description
         balance_range = a.range
         node = a.node
+    }
+}
+
+/// A deposit's or withdrawal's answer: the account after the movement. `customer_name`,
+/// `balance_range` and `node` come from a read after the movement and are absent when it failed.
+struct MovementJSON: ResponseEncodable {
+    var account_id: Int64
+    var customer_name: String?
+    var balance: String
+    var balance_range: String?
+    var node: String?
+    var transfer_id: String
+    var replayed: Bool
+
+    init(id: Int64, balance: Money, result: MovementResult, account: Account?) {
+        account_id = id
+        customer_name = account?.customerName
+        self.balance = balance.description
+        balance_range = account?.range
+        node = account?.node
+        transfer_id = result.transferID
+        replayed = result.replayed
     }
 }
 
@@ -131,7 +153,20 @@ public enum BankRoutes {
                 let result = positive
                     ? try await bank.deposit(id, amount: amount, idempotencyKey: key)
                     : try await bank.withdraw(id, amount: amount, idempotencyKey: key)
-                return try jsonResponse(AccountJSON(try await bank.account(id), balance: result.balances[id]), status: .ok)
+                // The money has moved, so no answer from here on may say "nothing was changed". A 200
+                // is the honest and simplest one: the movement reported the balance itself, and the
+                // re-read only adds name, range and node — when it fails those are left out rather
+                // than turning a done deposit into an error a client might "fix" with a new key.
+                let account: Account?
+                do { account = try await bank.account(id) } catch {
+                    context.logger.warning("account not re-read after a movement", metadata: ["transfer_id": "\(result.transferID)", "error": "\(error)"])
+                    account = nil
+                }
+                guard let balance = result.balances[id] ?? account?.balance else {
+                    throw APIError(.internalServerError, "applied_unreadable",
+                                   "the \(verb) \(result.transferID) WAS applied, but the new balance could not be read; read it with GET /v1/accounts/\(id) — do not send the \(verb) again with a new Idempotency-Key")
+                }
+                return try jsonResponse(MovementJSON(id: id, balance: balance, result: result, account: account), status: .ok)
             }
         }
         router.get("/v1/accounts") { request, context -> Response in
