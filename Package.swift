@@ -162,6 +162,10 @@ let package = Package(
                 "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
+                // The API's routes driven in-process (no sockets) for the answers given before the bank is asked.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -3,6 +3,8 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Ledger
+import Logging
+import MariaDB
 import Sharding
 
 /// The API's error answer: `{"error": {"code", "message"}}` with a status, and `Retry-After` on
@@ -30,11 +32,22 @@ public struct APIError: HTTPResponseError, Sendable {
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    /// Maps any error to its answer. Messages never carry SQL, parameters or credentials.
-    public static func from(_ error: any Error) -> APIError {
+    /// Maps any error to its answer: the one place where errors become HTTP. Messages never carry
+    /// SQL, parameters or credentials.
+    ///
+    /// A 503 tells a client to retry, so it is only answered where a retry can succeed and nothing
+    /// changed (or the outcome will be learnt). An error this switch does not recognise is a 500 that
+    /// says no such thing: a client obeying "retry" on a deterministic failure would retry forever.
+    /// `requestID` (the `X-Request-Id` of the answer) is named in a 500's message.
+    public static func from(_ error: any Error, requestID: String? = nil) -> APIError {
         switch error {
         case let e as APIError:
             return e
+        case let e as LedgerError where e.code == .outcomeUnknown:
+            return APIError(.serviceUnavailable, "outcome_unknown", "the outcome is not known yet; retry with the same Idempotency-Key to learn it", retryAfter: 2)
+        case _ where rejectedInput(error) != nil:
+            // The database refused a value of the request: the same request fails the same way.
+            return APIError(.unprocessableContent, "invalid_request", "\(rejectedInput(error)!); nothing was changed")
         case let e as LedgerError:
             switch e.code {
             case .notFound: return APIError(.notFound, "not_found", e.message)
@@ -42,18 +55,55 @@ public struct APIError: HTTPResponseError, Sendable {
             case .idempotencyConflict: return APIError(.unprocessableContent, "idempotency_key_reused", e.message)
             case .invalid: return APIError(.unprocessableContent, "invalid_request", e.message)
             case .nodeUnavailable: return APIError(.serviceUnavailable, "node_unavailable", e.message, retryAfter: 1)
-            case .outcomeUnknown:
-                return APIError(.serviceUnavailable, "outcome_unknown", "the outcome is not known yet; retry with the same Idempotency-Key to learn it", retryAfter: 2)
+            case .aborted:
+                return APIError(.serviceUnavailable, "aborted", "nothing was changed; retry (with the same Idempotency-Key)", retryAfter: 1)
             default:
-                return APIError(.serviceUnavailable, e.code.rawValue, "nothing was changed; retry (with the same Idempotency-Key)", retryAfter: 1)
+                return internalError(requestID: requestID)
             }
-        case let e as HTTPError:
-            return APIError(e.status, "http_error", e.body ?? e.status.reasonPhrase)
+        case let e as MariaDBError where e.isConnectionBroken || e.isRetryable:
+            return APIError(.serviceUnavailable, "unavailable", "a storage node did not answer; nothing is known to have changed — retry with the same Idempotency-Key", retryAfter: 1)
         case is MetadataError:
             return APIError(.serviceUnavailable, "metadata_unavailable", "cluster metadata (etcd) does not answer: opening accounts and metadata changes wait for it, while movements between existing accounts go on; retry shortly", retryAfter: 1)
+        case let e as HTTPError:
+            return APIError(e.status, "http_error", e.body ?? e.status.reasonPhrase)
         default:
-            return APIError(.serviceUnavailable, "unavailable", "a storage node or etcd did not answer; nothing is known to have changed — retry with the same Idempotency-Key", retryAfter: 1)
+            return internalError(requestID: requestID)
         }
+    }
+
+    /// The answer to an error the API does not recognise (``ErrorMiddleware`` logs its cause).
+    static func internalError(requestID: String?) -> APIError {
+        let id = requestID.map { " \($0)" } ?? ""
+        return APIError(.internalServerError, "internal_error",
+                        "the server failed in a way it does not recognise; the failure was logged with this answer's request id (X-Request-Id)\(id) — give it when reporting the problem")
+    }
+
+    /// MariaDB error numbers that mean a value of the request does not fit: data too long, out of
+    /// range, a check constraint, a string the column's character set cannot hold.
+    static let inputErrorNumbers: [UInt32: String] = [
+        1406: "a value of the request is too long for the ledger",
+        1264: "a number of the request is out of the ledger's range",
+        4025: "a value of the request breaks a rule of the ledger",
+        1366: "a text value of the request cannot be stored",
+    ]
+
+    /// The sentence for a database refusal caused by the request's values, searched through the
+    /// errors that wrap it.
+    static func rejectedInput(_ error: any Error) -> String? {
+        var current: (any Error)? = error
+        // Bounded: wrapping chains are short, and a cycle must not hang a request.
+        for _ in 0..<8 {
+            switch current {
+            case let e as MariaDBError:
+                if let n = e.errorNumber, let sentence = inputErrorNumbers[n] { return sentence }
+                current = e.underlying
+            case let e as LedgerError:
+                current = e.underlying
+            default:
+                return nil
+            }
+        }
+        return nil
     }
 }
 
@@ -69,8 +119,12 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch {
-            let answer = APIError.from(error)
-            if answer.status.code >= 500 {
+            let answer = APIError.from(error, requestID: context.id)
+            if answer.status == .internalServerError {
+                // The logger carries the request id, which the answer's message points to.
+                context.logger.error("request failed with an error the API does not recognise",
+                                     metadata: ["code": "\(answer.code)", "error": "\(String(reflecting: error))", "error_type": "\(type(of: error))"])
+            } else if answer.status.code >= 500 {
                 context.logger.warning("request failed", metadata: ["code": "\(answer.code)", "error": "\(error)"])
             }
             return try answer.response(from: request, context: context)

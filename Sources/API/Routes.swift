@@ -45,12 +45,34 @@ struct AccountJSON: ResponseEncodable {
     var balance_range: String
     var node: String
 
-    init(_ a: Account, balance: Money? = nil) {
+    init(_ a: Account) {
         account_id = a.id
         customer_name = a.customerName
-        self.balance = (balance ?? a.balance).description
+        balance = a.balance.description
         balance_range = a.range
         node = a.node
+    }
+}
+
+/// A deposit's or withdrawal's answer: the account after the movement. `customer_name`,
+/// `balance_range` and `node` come from a read after the movement and are absent when it failed.
+struct MovementJSON: ResponseEncodable {
+    var account_id: Int64
+    var customer_name: String?
+    var balance: String
+    var balance_range: String?
+    var node: String?
+    var transfer_id: String
+    var replayed: Bool
+
+    init(id: Int64, balance: Money, result: MovementResult, account: Account?) {
+        account_id = id
+        customer_name = account?.customerName
+        self.balance = balance.description
+        balance_range = account?.range
+        node = account?.node
+        transfer_id = result.transferID
+        replayed = result.replayed
     }
 }
 
@@ -113,10 +135,7 @@ public enum BankRoutes {
         }
         router.post("/v1/accounts") { request, context -> Response in
             let body = try await RequestBody.read(request, context: context, allowed: ["customer_name", "balance"])
-            let name = try body.string("customer_name")
-            guard (1...255).contains(name.count) else {
-                throw APIError(.unprocessableContent, "invalid_field", "customer_name must have 1 to 255 characters")
-            }
+            let name = try body.customerName("customer_name")
             let balance = try body.money("balance")
             guard balance.minorUnits >= 0 else { throw APIError(.unprocessableContent, "invalid_amount", "balance cannot be negative") }
             let account = try await bank.openAccount(customerName: name, balance: balance, idempotencyKey: try idempotencyKey(request))
@@ -134,7 +153,20 @@ public enum BankRoutes {
                 let result = positive
                     ? try await bank.deposit(id, amount: amount, idempotencyKey: key)
                     : try await bank.withdraw(id, amount: amount, idempotencyKey: key)
-                return try jsonResponse(AccountJSON(try await bank.account(id), balance: result.balances[id]), status: .ok)
+                // The money has moved, so no answer from here on may say "nothing was changed". A 200
+                // is the honest and simplest one: the movement reported the balance itself, and the
+                // re-read only adds name, range and node — when it fails those are left out rather
+                // than turning a done deposit into an error a client might "fix" with a new key.
+                let account: Account?
+                do { account = try await bank.account(id) } catch {
+                    context.logger.warning("account not re-read after a movement", metadata: ["transfer_id": "\(result.transferID)", "error": "\(error)"])
+                    account = nil
+                }
+                guard let balance = result.balances[id] ?? account?.balance else {
+                    throw APIError(.internalServerError, "applied_unreadable",
+                                   "the \(verb) \(result.transferID) WAS applied, but the new balance could not be read; read it with GET /v1/accounts/\(id) — do not send the \(verb) again with a new Idempotency-Key")
+                }
+                return try jsonResponse(MovementJSON(id: id, balance: balance, result: result, account: account), status: .ok)
             }
         }
         router.get("/v1/accounts") { request, context -> Response in
@@ -149,7 +181,12 @@ public enum BankRoutes {
                 guard let v = Int64(text), v >= 0 else { throw APIError(.unprocessableContent, "invalid_query", "cursor must be a value this API returned") }
                 return v
             }
-            let page = try await bank.accounts(node: node, range: range, limit: limit, after: cursor)
+            let snapshot = cache.snapshot
+            try checkListTarget(node: node, range: range, nodes: snapshot.nodes, accounts: snapshot.accounts?.map)
+            let page: (accounts: [Account], next: Int64?)
+            do { page = try await bank.accounts(node: node, range: range, limit: limit, after: cursor) } catch let error as LedgerError where error.code == .notFound && range != nil {
+                throw unknownRange(range!)
+            }
             struct Page: Encodable { var accounts: [AccountJSON]; var next_cursor: String? }
             return try jsonResponse(Page(accounts: page.accounts.map { AccountJSON($0) }, next_cursor: page.next.map(String.init)), status: .ok)
         }
@@ -186,6 +223,23 @@ public enum BankRoutes {
                                                  replayed: result.replayed), status: .created)
         }
         return router
+    }
+
+    /// The target of `GET /v1/accounts`, checked against the registry and the map before the bank is
+    /// asked: an unknown node would otherwise reach the connection pool and come back as a failure.
+    static func checkListTarget(node: String?, range: String?, nodes: [String: NodeInfo], accounts: RangeMap?) throws {
+        guard let accounts else {
+            // Not loaded yet, so "unknown" would be a guess.
+            throw APIError(.serviceUnavailable, "not_ready", "cluster metadata not loaded yet", retryAfter: 1)
+        }
+        if let node, nodes[node] == nil {
+            throw APIError(.notFound, "unknown_node", "no node \(node.prefix(64)) is registered; GET /v1/cluster lists the nodes")
+        }
+        if let range, accounts.range(id: range) == nil { throw unknownRange(range) }
+    }
+
+    static func unknownRange(_ range: String) -> APIError {
+        APIError(.notFound, "unknown_range", "no accounts range \(range.prefix(64)); GET /v1/cluster lists the ranges")
     }
 
     /// Amounts: > 0 and within DECIMAL(19,2) (Money's range, 92,233,720,368,547,758.07, is narrower).
