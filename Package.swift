@@ -105,7 +105,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Ledger", "ClusterMetadata", "Sharding", "Health",
+                "Ledger", "ClusterMetadata", "Sharding", "Health", "MariaDB",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

@@ -52,6 +52,7 @@ public struct APIError: HTTPResponseError, Sendable {
             switch e.code {
             case .notFound: return APIError(.notFound, "not_found", e.message)
             case .insufficientFunds: return APIError(.conflict, "insufficient_funds", e.message)
+            case .balanceLimit: return APIError(.unprocessableContent, "balance_limit", e.message)
             case .idempotencyConflict: return APIError(.unprocessableContent, "idempotency_key_reused", e.message)
             case .invalid: return APIError(.unprocessableContent, "invalid_request", e.message)
             case .nodeUnavailable: return APIError(.serviceUnavailable, "node_unavailable", e.message, retryAfter: 1)

@@ -32,6 +32,15 @@ struct APIErrorMappingTests {
         }
     }
 
+    @Test("a balance past the ledger's ceiling is a 422 balance_limit that keeps the ledger's sentence (it names the limit)")
+    func balanceLimit() {
+        let answer = APIError.from(LedgerError(.balanceLimit, "account 7 would hold more than the ledger's limit of 1000000000000.00 per account"))
+        #expect(answer.status == .unprocessableContent)
+        #expect(answer.code == "balance_limit")
+        #expect(answer.message.contains("1000000000000.00"))
+        #expect(answer.retryAfter == nil)
+    }
+
     @Test("the ledger's retryable codes stay 503 with Retry-After")
     func ledgerRetryable() {
         for code in [LedgerError.Code.aborted, .nodeUnavailable, .outcomeUnknown] {
