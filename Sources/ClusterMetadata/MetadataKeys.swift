@@ -1,4 +1,4 @@
-/// The etcd key layout of DESIGN §3, under a configurable prefix (default `/shardbank/`).
+/// The etcd key layout (`docs/ARCHITECTURE.md` lists the keys), under a configurable prefix (default `/shardbank/`).
 public struct MetadataKeys: Sendable, Hashable {
     public let prefix: String
 

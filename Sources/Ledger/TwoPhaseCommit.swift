@@ -29,7 +29,7 @@ public struct DecisionRecord: Sendable {
     }
 }
 
-/// Steps at which a test hook may stop the coordinator (see ``CoordinatorCrash``).
+/// Steps at which a test may stop the coordinator as if its process died (see ``CoordinatorCrash``).
 public enum TwoPhaseStep: Sendable, Hashable {
     /// The participant on `node` is prepared.
     case prepared(node: String)
@@ -39,14 +39,15 @@ public enum TwoPhaseStep: Sendable, Hashable {
     case decided
 }
 
+/// A test's crash points: called at each ``TwoPhaseStep``; throwing ``CoordinatorCrash`` stops the
+/// coordinator there. Only tests and the `serve` fault drill set one, through the `FaultInjection` SPI.
+@_spi(FaultInjection) public typealias FaultInjector = @Sendable (TwoPhaseStep) async throws -> Void
+
 /// Runs one atomic transaction across nodes: two-phase commit with presumed abort, where the
 /// commit-point node's local COMMIT (with the decision row) is the decision (`docs/LEDGER.md`).
-///
-/// Participants run in the order given (callers visit nodes in one global order, so that concurrent
-/// transactions cannot wait on each other across nodes), each as an XA branch
-/// that is prepared before the commit point commits (its prepare overlaps the next branch's work).
-/// After the decision the participants are
-/// committed; any that cannot be reached stay prepared until the ``InDoubtResolver`` finishes them.
+/// The protocol's decisions are ``TwoPhaseCommitStateMachine``'s; this performs them against the
+/// nodes. After the decision the participants are committed; any that cannot be reached stay
+/// prepared until the ``InDoubtResolver`` finishes them.
 public struct TwoPhaseCommit: Sendable {
     public typealias Work = @Sendable (MariaDBConnection) async throws -> Void
 
@@ -59,168 +60,199 @@ public struct TwoPhaseCommit: Sendable {
         }
     }
 
+    /// How a run ended.
+    public enum Outcome: Sendable {
+        /// The decision is committed.
+        case committed
+        /// Nothing of this attempt is committed, and nothing will be; `cause` is the first failure —
+        /// a branch's work's own error as it threw it, or the nodes' — and every branch this attempt
+        /// started is rolled back (or detached for the resolver, which finds the attempt aborted).
+        case rolledBack(cause: any Error)
+        /// The decision could not be learnt (``LedgerError/Code/outcomeUnknown``).
+        case unknown(LedgerError)
+    }
+
     let connections: NodeConnections
     let logger: Logger
-    let hook: (@Sendable (TwoPhaseStep) async throws -> Void)?
+    let faults: FaultInjector?
 
-    public init(connections: NodeConnections, logger: Logger, hook: (@Sendable (TwoPhaseStep) async throws -> Void)? = nil) {
+    public init(connections: NodeConnections, logger: Logger) {
+        self.init(connections: connections, logger: logger, faults: nil)
+    }
+
+    @_spi(FaultInjection) public init(connections: NodeConnections, logger: Logger, faults: FaultInjector?) {
         self.connections = connections
         self.logger = logger
-        self.hook = hook
+        self.faults = faults
     }
 
-    /// A connection this attempt leased. `xid` is set only once this attempt's `XA START` succeeded:
-    /// a branch is rolled back only by the attempt that started it (any session *can* roll back any
-    /// detached branch, which is how a retry once undid a committed transfer).
+    /// A leased connection and the branch's XA name, once its `XA START` succeeded.
     private struct Leased {
-        var node: String
         var pool: MariaDBPool
         var connection: MariaDBConnection
-        var isCommitPoint: Bool
         var xid: XID?
-        var prepared = false
     }
 
-    /// Runs the transaction with the commit point last. See ``run(decision:branches:commitPoint:)``.
-    public func run(decision: DecisionRecord, commitPoint: Branch, participants: [Branch]) async throws {
+    /// Runs the transaction with the commit point last. See ``run(decision:branches:commitPoint:decide:)``.
+    public func run(decision: DecisionRecord, commitPoint: Branch, participants: [Branch]) async throws -> Outcome {
         try await run(decision: decision, branches: participants + [commitPoint], commitPoint: commitPoint.node)
     }
 
-    /// Runs the transaction. `branches` run in the order given (one per node); the branch on
-    /// `commitPoint` runs as a local transaction opened at its place in that order and committed,
-    /// with the decision row, after every other branch is prepared. `decide` writes that row on the
-    /// commit point's connection (by default a plain insert of `decision`; a caller may fold checks
-    /// into the statement and throw to abort). It runs once every branch's work is done (while the
-    /// last prepares finish), never earlier: a retry holding an uncommitted decision row while it
-    /// waits for a prepared branch's locks would block the resolver that must decide that branch.
-    /// The commit comes only after every prepare answered. Returns when the decision is committed;
-    /// throws `.aborted` when everything was rolled back, `.outcomeUnknown` when the decision could
-    /// not be learnt.
+    /// Runs the transaction: `branches` in the order given (one per node); the branch on
+    /// `commitPoint` as a local transaction committed, with the decision row, after every other
+    /// branch is prepared. `decide` writes that row on the commit point's connection (by default a
+    /// plain insert of `decision`; a caller may fold checks into the statement and throw to abort).
+    /// Throws only ``CoordinatorCrash`` (a test's crash point); everything else is an ``Outcome``.
     public func run(decision: DecisionRecord, branches: [Branch], commitPoint: String,
-                    decide: (@Sendable (MariaDBConnection) async throws -> Void)? = nil) async throws {
+                    decide: (@Sendable (MariaDBConnection) async throws -> Void)? = nil) async throws -> Outcome {
         let transferID = decision.transferID
-        let attempt = decision.attempt
         guard BranchName.validate(transferID: transferID, nodes: branches.map(\.node)),
+              let point = branches.firstIndex(where: { $0.node == commitPoint }),
               branches.filter({ $0.node == commitPoint }).count == 1, Set(branches.map(\.node)).count == branches.count else {
-            throw LedgerError(.aborted, "invalid transaction \(transferID): one branch per node, one on the commit point, names within XA limits")
+            return .rolledBack(cause: LedgerError(.invalid, "invalid transaction \(transferID): one branch per node, one on the commit point, node ids of at most \(BranchName.maxNodeIDLength) characters"))
         }
-        var leased: [Leased] = []
-        do {
-            let decide = decide ?? { try await DecisionRows.insert(decision, state: .committed, on: $0) }
-            try await phaseOne(branches, transferID: transferID, attempt: attempt, commitPoint: commitPoint, decide: decide, leased: &leased)
-            try await hook?(.beforeDecision)
-        } catch is CoordinatorCrash {
-            await abandon(leased)
-            throw CoordinatorCrash()
-        } catch {
-            await rollBack(leased, transferID: transferID)
-            release(leased)
-            // A node known to be down is named as such (503 node_unavailable, not a vague abort).
-            if let e = error as? LedgerError, e.code == .nodeUnavailable { throw e }
-            throw LedgerError(.aborted, "transaction \(transferID) was rolled back: \(error)", underlying: error)
-        }
+        let decide = decide ?? { try await DecisionRows.insert(decision, state: .committed, on: $0) }
+        var machine = TwoPhaseCommitStateMachine(branches: branches.count, commitPoint: point)
+        var leased: [Int: Leased] = [:]
+        var firstError: (any Error)?
+        func note(_ error: any Error) { if firstError == nil { firstError = error } }
 
-        let point = leased.first { $0.isCommitPoint }!
-        do {
-            try await point.connection.commit()
-        } catch {
-            // A definite server error means the local transaction is gone; a lost connection leaves
-            // the decision unknown until the commit point is asked.
-            let decided: DecisionState
-            do {
-                decided = try await learnDecision(transferID, attempt: attempt, commitPoint: commitPoint, after: error)
-            } catch {
-                // Outcome unknown: hang up on the participants, so their prepared branches detach
-                // from our sessions and the in-doubt resolver can finish them from the decision.
-                await abandon(leased)
-                throw error
-            }
-            if decided == .aborted {
-                await rollBack(leased.filter { !$0.isCommitPoint }, transferID: transferID)
-                release(leased)
-                throw LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point: \(error)", node: commitPoint, underlying: error)
-            }
-        }
-        do {
-            try await hook?(.decided)
-        } catch is CoordinatorCrash {
-            await abandon(leased)
-            throw CoordinatorCrash()
-        }
-        // Phase two: tell the participants. The decision stands whatever happens here.
-        for branch in leased where branch.prepared {
-            do {
-                try await branch.connection.xaCommit(branch.xid!)
-            } catch {
-                // A prepared branch stays attached to its session: close it, or no other session
-                // (the resolver) can commit it, and the pool would hand out a session stuck in XA.
-                await branch.connection.close()
-                logger.warning("participant not committed yet; the in-doubt resolver will finish it",
-                               metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
-            }
-        }
-        release(leased)
-    }
-
-    /// Phase one: runs every branch's work in order, each participant's inside its XA branch,
-    /// prepares the participants and writes the decision row (uncommitted). A participant's `XA END`
-    /// and `XA PREPARE` (a log flush) run while the next branch does its work, or while the decision
-    /// row is written: the participant's locks are already held, so the global lock order is kept,
-    /// and the row is written only when every branch holds its locks (waiting for locks while
-    /// holding it could block the resolver). This returns only when every prepare has answered;
-    /// every branch that was started is in `leased` when it returns or throws; a `CoordinatorCrash`
-    /// from the hook wins over other errors.
-    private func phaseOne(_ branches: [Branch], transferID: String, attempt: AttemptID, commitPoint: String,
-                          decide: @Sendable (MariaDBConnection) async throws -> Void, leased: inout [Leased]) async throws {
-        typealias Prepared = (index: Int, prepared: Bool, error: (any Error)?)
-        let hook = self.hook
-        var failures: [any Error] = []
-        await withTaskGroup(of: Prepared.self) { prepares in
-            do {
-                for branch in branches {
-                    let pool = try connections.pool(branch.node)
-                    let connection: MariaDBConnection
-                    do throws(MariaDBError) { connection = try await pool.lease() } catch {
-                        if error.isConnectionBroken { connections.connectionFailed(branch.node) }
-                        throw error
+        return try await withThrowingTaskGroup(of: (index: Int, prepared: Bool, error: (any Error)?, crash: Bool).self) { prepares in
+            var action = machine.start()
+            while true {
+                switch action {
+                case .start(let i):
+                    let branch = branches[i]
+                    do {
+                        let pool = try connections.pool(branch.node)
+                        let connection: MariaDBConnection
+                        do throws(MariaDBError) { connection = try await pool.lease() } catch {
+                            if error.isConnectionBroken { connections.connectionFailed(branch.node) }
+                            throw error
+                        }
+                        leased[i] = Leased(pool: pool, connection: connection)
+                        if i == point {
+                            try await connection.begin()
+                        } else {
+                            let xid = BranchName.xid(transferID: transferID, attempt: decision.attempt, participant: branch.node, commitPoint: commitPoint)
+                            try await connection.xaStart(xid)
+                            leased[i]?.xid = xid
+                        }
+                        action = machine.started(i)
+                    } catch {
+                        note(error)
+                        action = machine.startFailed(i)
                     }
-                    if branch.node == commitPoint {
-                        // The commit point: a local transaction, kept open until the others are prepared.
-                        leased.append(Leased(node: branch.node, pool: pool, connection: connection, isCommitPoint: true))
-                        try await connection.begin()
-                        try await branch.work(connection)
-                        continue
+                case .work(let i):
+                    do {
+                        try await branches[i].work(leased[i]!.connection)
+                        action = machine.workDone(i)
+                    } catch {
+                        note(error)
+                        action = machine.workFailed(i)
                     }
-                    let xid = BranchName.xid(transferID: transferID, attempt: attempt, participant: branch.node, commitPoint: commitPoint)
-                    leased.append(Leased(node: branch.node, pool: pool, connection: connection, isCommitPoint: false))
-                    try await connection.xaStart(xid)
-                    leased[leased.count - 1].xid = xid
-                    try await branch.work(connection)
-                    let index = leased.count - 1, node = branch.node
+                case .prepareInBackground(let i):
+                    let connection = leased[i]!.connection, xid = leased[i]!.xid!, node = branches[i].node, faults = self.faults
                     prepares.addTask {
-                        var prepared = false
                         do {
                             try await connection.xaEnd(xid)
                             try await connection.xaPrepare(xid)
-                            prepared = true
-                            try await hook?(.prepared(node: node))
-                            return (index, true, nil)
                         } catch {
-                            return (index, prepared, error)
+                            return (i, false, error, false)
+                        }
+                        do { try await faults?(.prepared(node: node)) } catch { return (i, true, nil, error is CoordinatorCrash) }
+                        return (i, true, nil, false)
+                    }
+                    action = machine.launched()
+                case .writeDecision:
+                    do {
+                        try await decide(leased[point]!.connection)
+                        action = machine.decisionWritten()
+                    } catch {
+                        note(error)
+                        action = machine.decisionFailed()
+                    }
+                case .awaitPrepare:
+                    guard let answer = try await prepares.next() else { preconditionFailure("the state machine awaits a prepare that was never started") }
+                    if answer.crash {
+                        action = machine.crashed()
+                        continue
+                    }
+                    if let error = answer.error { note(error) }
+                    action = machine.prepareAnswered(answer.index, prepared: answer.prepared)
+                case .commitDecision:
+                    if await crashes(at: .beforeDecision) { action = machine.crashed(); continue }
+                    do {
+                        try await leased[point]!.connection.commit()
+                        if await crashes(at: .decided) { action = machine.crashed(); continue }
+                        action = machine.decisionCommitted()
+                    } catch {
+                        note(error)
+                        // A server's answer means the local transaction is gone; a lost connection
+                        // leaves the decision to be asked for.
+                        action = machine.decisionCommitFailed(definite: (error as? MariaDBError).map { !$0.isConnectionBroken } ?? false)
+                    }
+                case .learnDecision:
+                    do {
+                        let decided = try await learnDecision(transferID, attempt: decision.attempt, commitPoint: commitPoint, after: firstError!)
+                        if decided == .aborted {
+                            firstError = LedgerError(.aborted, "transaction \(transferID) was rolled back at the commit point", node: commitPoint, underlying: firstError)
+                        }
+                        action = machine.learned(decided)
+                    } catch {
+                        firstError = error
+                        action = machine.learnFailed()
+                    }
+                case .commitParticipant(let i):
+                    do {
+                        try await leased[i]!.connection.xaCommit(leased[i]!.xid!)
+                        action = machine.participantCommitted(i)
+                    } catch {
+                        logger.warning("participant not committed yet; the in-doubt resolver will finish it",
+                                       metadata: ["transfer_id": "\(transferID)", "node": "\(branches[i].node)", "error": "\(error)"])
+                        action = machine.participantCommitFailed(i)
+                    }
+                case .detach(let i):
+                    // A prepared branch stays attached to its session: close it, or no other session
+                    // (the resolver) can finish it, and the pool would hand out a session stuck in XA.
+                    await leased[i]?.connection.close()
+                    action = machine.detached(i)
+                case .rollBack(let commitPointToo, let toEnd):
+                    if commitPointToo, let c = leased[point]?.connection, !c.isBroken { _ = try? await c.rollback() }
+                    for item in toEnd {
+                        // The server rolls back an unprepared branch of a lost connection by itself.
+                        guard let branch = leased[item.branch], let xid = branch.xid, !branch.connection.isBroken else { continue }
+                        if !item.prepared { _ = try? await branch.connection.xaEnd(xid) }
+                        do { try await branch.connection.xaRollback(xid) } catch {
+                            await branch.connection.close() // detached: the resolver finds this attempt aborted
+                            logger.warning("XA ROLLBACK failed; the in-doubt resolver will finish it",
+                                           metadata: ["transfer_id": "\(transferID)", "node": "\(branches[item.branch].node)", "error": "\(error)"])
                         }
                     }
+                    action = machine.rolledBack()
+                case .abandon:
+                    // Without a word to the servers, as a crashed process: prepared branches detach.
+                    for branch in leased.values { await branch.connection.close() }
+                    action = machine.abandoned()
+                case .finish(let outcome):
+                    for branch in leased.values { branch.pool.release(branch.connection) }
+                    switch outcome {
+                    case .committed: return .committed
+                    case .crashed: throw CoordinatorCrash()
+                    case .unknown:
+                        return .unknown(firstError as? LedgerError ?? LedgerError(.outcomeUnknown, "the outcome of \(transferID) is unknown", node: commitPoint))
+                    case .rolledBack:
+                        return .rolledBack(cause: firstError ?? LedgerError(.aborted, "transaction \(transferID) was rolled back"))
+                    }
                 }
-                try await decide(leased.first { $0.isCommitPoint }!.connection)
-            } catch {
-                failures.append(error)
-            }
-            for await result in prepares {
-                leased[result.index].prepared = result.prepared
-                if let error = result.error { failures.append(error) }
             }
         }
-        if failures.contains(where: { $0 is CoordinatorCrash }) { throw CoordinatorCrash() }
-        if let first = failures.first { throw first }
+    }
+
+    /// Asks the test's crash point, if any, whether the coordinator dies at `step`.
+    private func crashes(at step: TwoPhaseStep) async -> Bool {
+        do { try await faults?(step) } catch { return error is CoordinatorCrash }
+        return false
     }
 
     /// After a failed COMMIT on `commitPoint` (a two-phase commit's, or a local transaction's): the
@@ -240,38 +272,5 @@ public struct TwoPhaseCommit: Sendable {
         }
         throw LedgerError(.outcomeUnknown, "the commit of \(transferID) on \(commitPoint) lost its answer and \(commitPoint) does not answer; retry with the same Idempotency-Key later to learn the outcome (prepared branches are finished by the in-doubt resolver)",
                           node: commitPoint, underlying: error)
-    }
-
-    /// Rolls back what was started: the commit point's local transaction and every XA branch.
-    private func rollBack(_ leased: [Leased], transferID: String) async {
-        for branch in leased {
-            let c = branch.connection
-            guard !c.isBroken else { continue } // the server rolls back an unprepared branch of a lost connection
-            if branch.isCommitPoint {
-                _ = try? await c.rollback()
-            } else if let xid = branch.xid {
-                if !branch.prepared { _ = try? await c.xaEnd(xid) }
-                do { try await c.xaRollback(xid) } catch {
-                    await c.close() // detach the branch (see phase two)
-                    logger.warning("XA ROLLBACK failed; the in-doubt resolver will finish it",
-                                   metadata: ["transfer_id": "\(transferID)", "node": "\(branch.node)", "error": "\(error)"])
-                }
-            } else {
-                // Its XA START failed: there is no branch of ours on that session to end.
-                continue
-            }
-        }
-    }
-
-    /// Drops every connection without a word to the servers, as a crashed process would.
-    private func abandon(_ leased: [Leased]) async {
-        for branch in leased {
-            await branch.connection.close()
-            branch.pool.release(branch.connection)
-        }
-    }
-
-    private func release(_ leased: [Leased]) {
-        for branch in leased { branch.pool.release(branch.connection) }
     }
 }

@@ -1,4 +1,4 @@
-/// The seed document's layout, made contiguous and open above (DESIGN §1).
+/// The seed document's layout, made contiguous and open above (`docs/SHARDING.md`).
 public enum SeedLayout {
     /// node1–node3.
     public static let nodes = ["node1", "node2", "node3"]

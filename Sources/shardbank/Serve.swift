@@ -4,7 +4,7 @@ import BankSchema
 import ClusterMetadata
 import Etcd
 import Hummingbird
-import Ledger
+@_spi(FaultInjection) import Ledger
 import Logging
 import ServiceLifecycle
 import ShardBankConfig

@@ -1,5 +1,5 @@
 import Foundation
-import Ledger
+@_spi(FaultInjection) import Ledger
 import MariaDB
 import Sharding
 import Synchronization
@@ -10,7 +10,7 @@ import Testing
 private func crashingBank(_ connections: NodeConnections, at step: @escaping @Sendable (TwoPhaseStep) -> Bool) -> Bank {
     let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
     return Bank(connections: connections, maps: { maps }, nextAccountID: { throw LedgerError(.invalid, "this coordinator opens no accounts") },
-                logger: testLogger, hook: { if step($0) { throw CoordinatorCrash() } })
+                logger: testLogger, faults: { if step($0) { throw CoordinatorCrash() } })
 }
 
 /// Runs `body` while an in-doubt resolver passes over every node every 100 ms (branches older than 300 ms).

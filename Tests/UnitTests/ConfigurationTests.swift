@@ -1,6 +1,7 @@
 import Foundation
 import MariaDB
 import ShardBankConfig
+import Sharding
 import Testing
 
 @Suite("Configuration file and environment overrides")
@@ -20,6 +21,14 @@ struct ConfigurationTests {
         let configuration = try await ShardBankConfiguration.load(file: root.path + "/config/shardbank.example.json", environment: [:])
         #expect(configuration.nodes.map(\.id) == ["node1", "node2", "node3"])
         #expect(configuration.etcd.endpoints.count == 3)
+        #expect(configuration.balanceLimit.ceiling == BalanceLimit.defaultCeiling)
+    }
+
+    @Test("ledger.max_balance: an amount within (0, 1,000,000,000,000,000.00]; the default without it")
+    func maxBalance() async throws {
+        let c = try await ShardBankConfiguration.load(file: try write(#"{"ledger": {"max_balance": "5000.00"}}"#), environment: [:])
+        #expect(c.balanceLimit.ceiling == Money(minorUnits: 500_000))
+        #expect(try await ShardBankConfiguration.load(file: nil, environment: [:]).balanceLimit == BalanceLimit())
     }
 
     @Test("file values, secrets from files relative to the file, and environment overrides")
@@ -50,6 +59,11 @@ struct ConfigurationTests {
         (#"{"etcd": {"endpoints": ["localhost"]}}"#, "etcd.endpoints"),
         (#"{"mysql": {"password_file": "missing-file"}}"#, "mysql.password_file"),
         (#"{"etcd": {"tls_ca_file": "missing-ca.pem"}}"#, "etcd.tls_ca_file"),
+        (#"{"ledger": {"max_balance": "0.00"}}"#, "ledger.max_balance"),
+        (#"{"ledger": {"max_balance": "1e12"}}"#, "ledger.max_balance"),
+        (#"{"ledger": {"max_balance": "1000000000000000.01"}}"#, "ledger.max_balance"),
+        (#"{"ledger": {"max_balance": 100}}"#, "ledger.max_balance"),
+        (#"{"cluster": {"nodes": ["a-node-id-of-26-characters"]}}"#, "cluster.nodes"),
     ])
     func malformed(text: String, field: String) async throws {
         let path = try write(text)

@@ -1,0 +1,88 @@
+import MariaDB
+import Sharding
+
+// Which path a balance change takes, and what a failed try means: ``MovementRetryPolicy`` decides,
+// this performs.
+extension Bank {
+    /// What one try of a balance change came to, when it did not fail for good.
+    enum Try: Sendable {
+        case done(MovementResult)
+        /// Not the lock-first path's case; nothing was written.
+        case notSimple
+        /// Another attempt of this key committed: answer as it did.
+        case alreadyDecided
+        /// Nothing was written, and trying again may succeed.
+        case stale(MovementRetryPolicy.Stale, cause: any Error)
+    }
+
+    /// Not the lock-first path's case (see ``lockFirst(kind:key:home:changes:hash:hints:)``); nothing is written.
+    struct NotSimple: Error {}
+    /// Another attempt of this key committed already.
+    struct AlreadyDecided: Error {}
+
+    /// Sorts why a try was rolled back. Final answers (insufficient funds, the ceiling, a node
+    /// down, an outcome unknown, a request refused) are thrown as they are; stale plans, lock waits,
+    /// deadlocks, lost connections and key collisions come back as ``Try`` to try again; anything
+    /// else is thrown as `aborted` (nothing was changed, and the key is not spent).
+    func classify(_ cause: any Error, kind: String, key: String, node: String?) throws -> Try {
+        switch cause {
+        case is NotSimple: return .notSimple
+        case is AlreadyDecided: return .alreadyDecided
+        case let stale as PlanStale: return .stale(.init(stillThere: stale.stillThere, wrongShard: stale.wrongShard), cause: stale)
+        case let e as MariaDBError where e.isRetryable || e.errorNumber == 1062: return .stale(.init(), cause: e)
+        case let e as LedgerError where e.code == .aborted && e.underlying != nil:
+            return try classify(e.underlying!, kind: kind, key: key, node: e.node ?? node)
+        case is LedgerError, is CoordinatorCrash: throw cause
+        default: throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(cause)", node: node, underlying: cause)
+        }
+    }
+
+    /// Runs a balance change of one or more accounts to its end, after ``MovementRetryPolicy``.
+    func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
+        var policy = MovementRetryPolicy()
+        var lastCause: (any Error)?
+        let accounts = Set(changes.map(\.0))
+        // Every account's place known (seen before, or read by the last try).
+        func hints() -> [Int64: Location]? {
+            let known = locations.withLock { l in accounts.reduce(into: [Int64: Location]()) { $0[$1] = l[$1] } }
+            return known.count == accounts.count ? known : nil
+        }
+        var action = policy.start(allLocationsKnown: hints() != nil)
+        while true {
+            switch action {
+            case .lockFirst:
+                guard let hints = hints() else { action = policy.lockFirstNotSimple(); continue }
+                switch try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints) {
+                case .done(let result): return result
+                case .notSimple: action = policy.lockFirstNotSimple()
+                case .alreadyDecided: action = policy.earlierAttemptCommitted()
+                case .stale(let stale, _): action = policy.lockFirstStale(stale)
+                }
+            case .lookForEarlierCommit:
+                if let replay = try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) { return replay }
+                action = policy.noEarlierCommit()
+            case .plan:
+                switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash) {
+                case .done(let result): return result
+                case .alreadyDecided: action = policy.earlierAttemptCommitted()
+                case .notSimple: action = policy.planStale(.init())
+                case .stale(let stale, let cause):
+                    lastCause = cause
+                    logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "stale_plans": "\(policy.stalePlans)", "reason": "\(cause)"])
+                    action = policy.planStale(stale)
+                }
+            case .backOff(let pause, let forget, let refresh):
+                if forget { locations.withLock { l in accounts.forEach { l[$0] = nil } } }
+                if refresh {
+                    do { try await refreshMaps() } catch {
+                        logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
+                    }
+                }
+                try await Task.sleep(for: pause)
+                action = policy.backedOff(allLocationsKnown: hints() != nil)
+            case .giveUp:
+                throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastCause)
+            }
+        }
+    }
+}

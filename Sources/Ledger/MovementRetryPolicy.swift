@@ -1,0 +1,68 @@
+/// How a balance change goes on after each try — `Bank`'s retry policy without I/O.
+///
+/// Accounts whose places are known take the lock-first path (no read before the transaction; it
+/// cannot go stale under contention as a read-then-write plan can). Anything that path cannot do
+/// (a move, an account that lived elsewhere) goes to the general path: first a look for a committed
+/// earlier attempt of the key, then a plan from reads, executed with each row locked and checked. A
+/// plan gone stale writes nothing and is made again after a short, growing pause — with the
+/// locations forgotten unless the rows were still where they were read, and the maps re-read when a
+/// node refused a range (`wrong_shard`). After ``maximumTries`` stale plans it gives up: nothing
+/// was done, and the client may retry with the same key.
+public struct MovementRetryPolicy: Sendable, Hashable {
+    public enum Action: Sendable, Hashable {
+        case lockFirst
+        case lookForEarlierCommit
+        case plan
+        /// Pause, then ask again (``backedOff(allLocationsKnown:)``).
+        case backOff(Duration, forgetLocations: Bool, refreshMaps: Bool)
+        case giveUp
+    }
+
+    /// Why a try wrote nothing and may be tried again.
+    public struct Stale: Sendable, Hashable {
+        /// The rows were where they were read (only their balances changed): the locations hold.
+        public var stillThere: Bool
+        /// A node refused a range the map gave it: the map is behind.
+        public var wrongShard: Bool
+        public init(stillThere: Bool = false, wrongShard: Bool = false) {
+            self.stillThere = stillThere
+            self.wrongShard = wrongShard
+        }
+    }
+
+    public static let maximumTries = 8
+    public private(set) var stalePlans = 0
+    private var lockFirstAllowed = true
+
+    public init() {}
+
+    public mutating func start(allLocationsKnown: Bool) -> Action {
+        lockFirstAllowed && allLocationsKnown ? .lockFirst : .lookForEarlierCommit
+    }
+
+    /// The lock-first path found the case not simple (it wrote nothing): the general path takes it, for good.
+    public mutating func lockFirstNotSimple() -> Action {
+        lockFirstAllowed = false
+        return .lookForEarlierCommit
+    }
+
+    /// The lock-first try went stale (it wrote nothing): the general path plans from fresh reads.
+    public mutating func lockFirstStale(_ stale: Stale) -> Action {
+        .lookForEarlierCommit
+    }
+
+    public mutating func noEarlierCommit() -> Action { .plan }
+
+    /// A try found another attempt of the key committed: the look for it answers the request.
+    public mutating func earlierAttemptCommitted() -> Action { .lookForEarlierCommit }
+
+    public mutating func planStale(_ stale: Stale) -> Action {
+        stalePlans += 1
+        guard stalePlans < Self.maximumTries else { return .giveUp }
+        return .backOff(.milliseconds(2 << stalePlans), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
+    }
+
+    public mutating func backedOff(allLocationsKnown: Bool) -> Action {
+        start(allLocationsKnown: allLocationsKnown)
+    }
+}
