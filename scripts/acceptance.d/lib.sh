@@ -18,6 +18,7 @@
 # Scratch files go under $work, never at a fixed path.
 
 set -uo pipefail
+export PATH="/opt/swift/usr/bin:$PATH"
 
 section=$(basename "$0" .sh)
 # What the sections drive the cluster with, and the Debian package of each.
@@ -171,7 +172,11 @@ leftovers() { # pids… → prints every listed pid still alive and every proces
 cluster_up() {
   local out
   if ! out=$("$bin" demo up --dir "$dir" "$@" 2>&1); then
-    echo "FAIL $section: demo up $*"; printf '%s\n' "$out" | sed 's/^/     /'; failed=$((failed + 1)); exit 1
+    echo "FAIL $section: demo up $*"; printf '%s\n' "$out" | sed 's/^/     /'
+    local log; for log in "$dir"/*/install.log "$dir"/*/mariadbd.log "$dir"/*/etcd.log; do
+      [ -s "$log" ] && { echo "     -- ${log#"$dir"/} (last lines)"; tail -8 "$log" | sed 's/^/     /'; }
+    done
+    failed=$((failed + 1)); exit 1
   fi
   api=$(cluster_json "d['api']['url']")
 }
