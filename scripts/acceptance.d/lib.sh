@@ -48,7 +48,6 @@ check() { # name command… — passes when the command succeeds
 must() { # description command…
   local what=$1; shift
   local out; if ! out=$("$@" 2>&1); then echo "FAIL $section: $what" ; printf '%s\n' "$out" | sed 's/^/     /'; failed=$((failed + 1)); exit 1; fi
-  [ -z "$out" ] || printf '%s\n' "$out"
 }
 # Declares how many checks the section makes; the runner reads this line.
 plan() { echo "PLAN $1"; }
@@ -97,7 +96,7 @@ nodes_sql() {
   local rows port pw
   rows=$(cluster_json "'\n'.join(f\"{n['port']} {n['password']}\" for n in d['nodes'] if not n['spare'])") || return 1
   while read -r port pw; do
-    mariadb -N -h127.0.0.1 -P"$port" -ubank -p"$pw" bank_db -e "$1" || return 1
+    timeout 30 mariadb --connect-timeout=10 -N -h127.0.0.1 -P"$port" -ubank -p"$pw" bank_db -e "$1" || return 1
   done <<<"$rows"
 }
 # The number of prepared XA branches over every storage node; fails when a node does not answer.
