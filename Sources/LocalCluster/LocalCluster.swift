@@ -60,8 +60,13 @@ public struct LocalCluster: Sendable {
     /// Starts `nodes` + `spare` MariaDB servers and an `etcdMembers`-member etcd under `dir`, and
     /// returns once every one answers. On failure, stops whatever it started. `mariadbOptions` are
     /// extra `name=value` lines for every server's option file (e.g. `ssl_cert=…` for TLS).
+    ///
+    /// Ports come from `freePort` (free when asked, bound by the server a moment later): when a
+    /// server exits at start-up because its port was taken in between, it is started again on new
+    /// ports, up to `startAttempts` times.
     public static func start(dir: String, nodes: Int, spare: Int = 0, etcdMembers: Int, etcdArguments: [String] = [],
                              mariadbOptions: [String] = [], logger: Logger,
+                             freePort: () throws -> Int = Processes.freePort, startAttempts: Int = 3,
                              progress: @Sendable (String) -> Void = { _ in }) async throws -> LocalCluster {
         try checkPrograms()
         let fm = FileManager.default
@@ -74,8 +79,8 @@ public struct LocalCluster: Sendable {
 
         var members: [ClusterDescription.EtcdMember] = []
         for i in 1...max(1, etcdMembers) {
-            let client = try Processes.freePort()
-            let peer = try Processes.freePort()
+            let client = try freePort()
+            let peer = try freePort()
             members.append(.init(name: "etcd\(i)", clientURL: "http://127.0.0.1:\(client)", peerURL: "http://127.0.0.1:\(peer)",
                                  pid: 0, dataDir: root + "/etcd\(i)/data", logFile: root + "/etcd\(i)/etcd.log"))
         }
@@ -89,11 +94,12 @@ public struct LocalCluster: Sendable {
             let id = "node\(i)"
             let nodeDir = root + "/" + id
             description.nodes.append(.init(
-                id: id, host: "127.0.0.1", port: try Processes.freePort(), database: "bank_db", user: "bank",
+                id: id, host: "127.0.0.1", port: try freePort(), database: "bank_db", user: "bank",
                 password: randomPassword(), pid: 0, spare: i > nodes, dataDir: nodeDir + "/data",
                 socket: nodeDir + "/mysqld.sock", configFile: nodeDir + "/my.cnf", logFile: nodeDir + "/mariadbd.log"))
         }
         var cluster = LocalCluster(description: description, logger: logger)
+        var etcdLogStarts: [String: UInt64] = [:]
         do {
             for i in cluster.description.etcd.members.indices {
                 try cluster.spawnEtcd(i, new: true)
@@ -102,13 +108,55 @@ public struct LocalCluster: Sendable {
             for i in cluster.description.nodes.indices {
                 progress("starting mariadbd \(cluster.description.nodes[i].id)")
                 try cluster.installNode(i, options: mariadbOptions)
-                try cluster.spawnNode(i)
-                try cluster.save()
-                try await cluster.waitNodeReady(i)
+                for attempt in 1...max(1, startAttempts) {
+                    let logStart = Self.size(of: cluster.description.nodes[i].logFile)
+                    try cluster.spawnNode(i)
+                    try cluster.save()
+                    do {
+                        try await cluster.waitNodeReady(i)
+                        break
+                    } catch {
+                        let node = cluster.description.nodes[i]
+                        guard attempt < startAttempts, !Processes.isAlive(node.pid),
+                              Self.text(of: node.logFile, from: logStart).contains("Address already in use") else { throw error }
+                        let port = try freePort()
+                        logger.notice("mariadbd could not bind its port; starting it again on another", metadata: ["node": "\(node.id)", "port": "\(node.port)", "new_port": "\(port)"])
+                        cluster.description.nodes[i].port = port
+                        try cluster.writeNodeOptions(i, options: mariadbOptions)
+                    }
+                }
                 try await cluster.createBankUser(i)
             }
             progress("waiting for etcd")
-            for member in cluster.description.etcd.members { try await cluster.waitEtcdReady(member) }
+            for attempt in 1...max(1, startAttempts) {
+                do {
+                    for member in cluster.description.etcd.members { try await cluster.waitEtcdReady(member) }
+                    break
+                } catch {
+                    // A member that could not bind its client or peer port exits; the peer URLs are in
+                    // every member's initial cluster, so the whole etcd cluster starts again, new.
+                    let clash = cluster.description.etcd.members.contains { m in
+                        !Processes.isAlive(m.pid) && Self.text(of: m.logFile, from: etcdLogStarts[m.name] ?? 0).contains("address already in use")
+                    }
+                    guard attempt < startAttempts, clash else { throw error }
+                    logger.notice("an etcd member could not bind its port; starting etcd again on other ports")
+                    for m in cluster.description.etcd.members where cluster.owns(m.pid) { Processes.terminate(m.pid) }
+                    for i in cluster.description.etcd.members.indices {
+                        let m = cluster.description.etcd.members[i]
+                        try? FileManager.default.removeItem(atPath: m.dataDir)
+                        cluster.description.etcd.members[i].clientURL = "http://127.0.0.1:\(try freePort())"
+                        cluster.description.etcd.members[i].peerURL = "http://127.0.0.1:\(try freePort())"
+                    }
+                    let members = cluster.description.etcd.members
+                    cluster.description.etcd.endpoints = members.map(\.clientURL)
+                    cluster.description.etcd.initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+                    for i in members.indices {
+                        etcdLogStarts[members[i].name] = Self.size(of: members[i].logFile)
+                        try cluster.spawnEtcd(i, new: true)
+                    }
+                    try cluster.save()
+                }
+            }
             try cluster.save()
         } catch {
             cluster.stopAll()
@@ -122,13 +170,41 @@ public struct LocalCluster: Sendable {
         return String((0..<24).map { _ in alphabet.randomElement()! })
     }
 
+    private static func size(of file: String) -> UInt64 {
+        ((try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    /// What `file` holds from byte `offset` on (this start's part of a log that is appended to).
+    private static func text(of file: String, from offset: UInt64) -> String {
+        guard let handle = FileHandle(forReadingAtPath: file) else { return "" }
+        defer { try? handle.close() }
+        try? handle.seek(toOffset: offset)
+        return String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
+    }
+
     private func installNode(_ i: Int, options: [String]) throws {
         let node = description.nodes[i]
         let nodeDir = (node.dataDir as NSString).deletingLastPathComponent
         // A private tmpdir: in the shared /tmp, concurrent installs and runs delete each other's
         // temporary tables (`#sql-temptable-…`), and install-db fails.
-        let tmpDir = nodeDir + "/tmp"
+        let tmpDir = Self.tmpDir(nodeDir)
         try FileManager.default.createDirectory(atPath: tmpDir, withIntermediateDirectories: true)
+        try writeNodeOptions(i, options: options)
+        let status = try Processes.run(Processes.which("mariadb-install-db")!, [
+            "--no-defaults", "--datadir=\(node.dataDir)", "--tmpdir=\(tmpDir)", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db",
+        ], logFile: nodeDir + "/install.log")
+        guard status == 0 else {
+            throw LocalClusterError("mariadb-install-db failed for \(node.id) (exit \(status)); see \(nodeDir)/install.log")
+        }
+    }
+
+    private static func tmpDir(_ nodeDir: String) -> String { nodeDir + "/tmp" }
+
+    /// Writes the node's option file (its port included).
+    private func writeNodeOptions(_ i: Int, options: [String]) throws {
+        let node = description.nodes[i]
+        let nodeDir = (node.dataDir as NSString).deletingLastPathComponent
+        let tmpDir = Self.tmpDir(nodeDir)
         let cnf = """
         [mariadbd]
         user=root
@@ -146,16 +222,9 @@ public struct LocalCluster: Sendable {
         performance_schema=OFF
         max_connections=512
         character-set-server=utf8mb4
-        collation-server=utf8mb4_bin
         \(options.map { $0 + "\n" }.joined())
         """
         try cnf.write(toFile: node.configFile, atomically: true, encoding: .utf8)
-        let status = try Processes.run(Processes.which("mariadb-install-db")!, [
-            "--no-defaults", "--datadir=\(node.dataDir)", "--tmpdir=\(tmpDir)", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db",
-        ], logFile: nodeDir + "/install.log")
-        guard status == 0 else {
-            throw LocalClusterError("mariadb-install-db failed for \(node.id) (exit \(status)); see \(nodeDir)/install.log")
-        }
     }
 
     private mutating func spawnNode(_ i: Int) throws {

@@ -163,6 +163,8 @@ struct BankTests {
             #expect(after.rows.count == accountIDs.count)
             print("concurrent transfers: \(outcomes)")
             #expect((outcomes["ok"] ?? 0) > 400, "outcomes: \(outcomes)")
+            // docs/LEDGER.md: 1–3 of 800 give up after their retries (aborted); allow some slack, not half.
+            #expect((outcomes["aborted"] ?? 0) <= 20, "\(outcomes["aborted"] ?? 0) of 800 transfers gave up (aborted); outcomes: \(outcomes)")
             #expect(Set(outcomes.keys).isSubset(of: ["ok", "insufficient_funds", "aborted"]), "outcomes: \(outcomes)")
             for node in connections.nodes { #expect(try await connections.withConnection(node) { try await $0.xaRecover() }.isEmpty) }
             let report = try await LedgerVerifier(connections: connections, maps: LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())).run()

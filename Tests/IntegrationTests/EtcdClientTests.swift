@@ -54,10 +54,10 @@ struct EtcdClientTests {
         try await withCluster(nodes: 0, etcd: 3) { cluster in
             try await withEtcd(cluster) { etcd in
             let start = try await etcd.put("/w/start", "0")
-            var seen: [String] = []
-            var iterator = etcd.watch(.prefix("/w/k"), startRevision: start + 1).makeAsyncIterator()
+            let watch = WatchedValues(etcd, .prefix("/w/k"), startRevision: start + 1)
+            defer { watch.stop() }
             for i in 0..<20 { try await etcd.put("/w/k\(i)", "\(i)") }
-            while seen.count < 20 { seen += try #require(try await iterator.next()).events.map(\.kv.stringValue) }
+            try await watch.waitFor(20)
             // Kill the member the client prefers (the watch stream's member), write more through the others.
             // The first call after the kill is a read: a write racing the kill on a pooled connection
             // would rightly be reported as outcome-unknown (see the outcomeUnknown test).
@@ -66,8 +66,8 @@ struct EtcdClientTests {
             for i in 20..<40 { try await etcd.put("/w/k\(i)", "\(i)") }
             try await cluster.restart("etcd1")
             for i in 40..<50 { try await etcd.put("/w/k\(i)", "\(i)") }
-            while seen.count < 50 { seen += try #require(try await iterator.next()).events.map(\.kv.stringValue) }
-            #expect(seen == (0..<50).map(String.init))
+            try await watch.waitFor(50)
+            #expect(watch.values == (0..<50).map(String.init))
             }
         }
     }
@@ -79,14 +79,13 @@ struct EtcdClientTests {
             let first = try await etcd.put("/c/a", "1")
             let last = try await etcd.put("/c/a", "2")
             try await etcd.compact(revision: last)
-            var iterator = etcd.watch(.prefix("/c/"), startRevision: first).makeAsyncIterator()
-            do {
-                _ = try await iterator.next()
-                Issue.record("a watch from a compacted revision delivered events")
-            } catch let error as EtcdError {
-                #expect(error.code == .compacted)
-                #expect(error.compactRevision == last)
-            }
+            let watch = WatchedValues(etcd, .prefix("/c/"), startRevision: first)
+            defer { watch.stop() }
+            try await eventually("the watch from a compacted revision ends") { watch.ended }
+            #expect(watch.values.isEmpty, "a watch from a compacted revision delivered events")
+            let error = try #require(watch.error as? EtcdError, "\(String(describing: watch.error))")
+            #expect(error.code == .compacted)
+            #expect(error.compactRevision == last)
             }
         }
     }
@@ -173,21 +172,38 @@ struct EtcdClientTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let files = try makeCertificates(in: dir)
         guard let etcd = Processes.which("etcd") else { throw LocalClusterError("etcd is missing: install it with `apt-get install -y etcd-server`") }
-        let client = "https://127.0.0.1:\(try Processes.freePort())", peer = "http://127.0.0.1:\(try Processes.freePort())"
-        let pid = try Processes.spawn(etcd, [
-            "--name", "tls1", "--data-dir", dir + "/data", "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls1=\(peer)",
-            "--cert-file", files.cert, "--key-file", files.key, "--logger", "zap", "--log-outputs", "stderr",
-        ], logFile: dir + "/etcd.log")
-        defer { Processes.terminate(pid) }
-        try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: [client], tlsCAFile: files.ca), logger: testLogger) { trusted in
-            let deadline = ContinuousClock.now + .seconds(15)
-            while (try? await trusted.put("/tls/a", "1")) == nil {
-                guard ContinuousClock.now < deadline, Processes.isAlive(pid) else { throw LocalClusterError("etcd over TLS did not answer; see \(dir)/etcd.log") }
-                try await Task.sleep(for: .milliseconds(100))
+        // The member is stopped on every way out: the defer below, or the exit hook if the run dies.
+        var started: (pid: Int32, client: String)?
+        defer { if let started { Processes.terminate(started.pid) } }
+        for attempt in 1...3 where started == nil {
+            // Ports picked here are bound by etcd a moment later: on a clash it exits, and we pick again.
+            let client = "https://127.0.0.1:\(try Processes.freePort())", peer = "http://127.0.0.1:\(try Processes.freePort())"
+            let log = dir + "/etcd-\(attempt).log"
+            let pid = try Processes.spawn(etcd, [
+                "--name", "tls1", "--data-dir", dir + "/data-\(attempt)", "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls1=\(peer)",
+                "--cert-file", files.cert, "--key-file", files.key, "--logger", "zap", "--log-outputs", "stderr",
+            ], logFile: log)
+            stopAtExit(pid, dir: dir)
+            try await EtcdClient.with(configuration: EtcdConfiguration(endpoints: [client], tlsCAFile: files.ca), logger: testLogger) { trusted in
+                let deadline = ContinuousClock.now + .seconds(30)
+                while (try? await trusted.put("/tls/a", "1")) == nil {
+                    guard Processes.isAlive(pid) else {
+                        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                        if text.contains("address already in use") && attempt < 3 { return }
+                        throw LocalClusterError("etcd over TLS exited; see \(log)")
+                    }
+                    guard ContinuousClock.now < deadline else {
+                        Processes.terminate(pid)
+                        throw LocalClusterError("etcd over TLS did not answer; see \(log)")
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                started = (pid, client)
+                #expect(try await trusted.get("/tls/a")?.stringValue == "1")
             }
-            #expect(try await trusted.get("/tls/a")?.stringValue == "1")
         }
+        let client = try #require(started?.client, "etcd over TLS did not start")
         for untrusted in [EtcdConfiguration(endpoints: [client]), EtcdConfiguration(endpoints: [client], tlsCAFile: files.otherCA)] {
             try await EtcdClient.with(configuration: untrusted, logger: testLogger) { etcd in
                 do {
@@ -311,4 +327,43 @@ struct LeaseKeepAliveTests {
             }
         }
     }
+}
+
+/// A watch consumed in the background, so that a test waits for its values with a deadline instead
+/// of hanging on `next()` when they never come.
+final class WatchedValues: Sendable {
+    private final class State: Sendable {
+        let lock = Mutex<(values: [String], error: (any Error)?, ended: Bool)>(([], nil, false))
+    }
+    private let state: State
+    private let task: Task<Void, Never>
+
+    init(_ etcd: EtcdClient, _ selector: EtcdKeySelector, startRevision: Int64) {
+        let state = State()
+        self.state = state
+        task = Task {
+            do {
+                for try await response in etcd.watch(selector, startRevision: startRevision) {
+                    state.lock.withLock { $0.values += response.events.map(\.kv.stringValue) }
+                }
+                state.lock.withLock { $0.ended = true }
+            } catch {
+                state.lock.withLock { $0.error = error; $0.ended = true }
+            }
+        }
+    }
+
+    var values: [String] { state.lock.withLock { $0.values } }
+    var error: (any Error)? { state.lock.withLock { $0.error } }
+    var ended: Bool { state.lock.withLock { $0.ended } }
+
+    /// Waits until `count` values arrived; fails after a generous deadline or when the watch ended.
+    func waitFor(_ count: Int, within limit: Duration = .seconds(60)) async throws {
+        try await eventually("\(count) watched values (have \(values.count); watch error: \(String(describing: error)))", within: limit) {
+            if let error { throw error }
+            return values.count >= count
+        }
+    }
+
+    func stop() { task.cancel() }
 }

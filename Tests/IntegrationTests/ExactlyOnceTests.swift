@@ -175,6 +175,22 @@ struct ExactlyOnceTests {
         }
     }
 
+    @Test("keys that differ only in case are different transfers (the schema compares keys byte for byte; the server's default collation folds case)")
+    func keysAreCaseSensitive() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
+            let collation = try await connections.withConnection("node1") { c in
+                try await c.query("SELECT @@collation_server AS c").rows.first?.string("c")
+            }
+            #expect(collation != "utf8mb4_bin", "the test cluster must run the server's default collation to show this")
+            let upper = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: "Key-A")
+            let lower = try await bank.deposit(a.id, amount: money("2.00"), idempotencyKey: "key-a")
+            #expect(!upper.replayed && !lower.replayed)
+            #expect(try await bank.account(a.id).balance == money("103.00"))
+            #expect(try await bank.transferRecord("key-a").amount == money("2.00"))
+        }
+    }
+
     @Test("N concurrent requests with one key: one applies, the others replay it, money moves once", arguments: [false, true])
     func concurrentSameKey(acrossNodes: Bool) async throws {
         try await withBank { _, bank, _ in

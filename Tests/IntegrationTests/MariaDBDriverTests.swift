@@ -154,7 +154,7 @@ struct MariaDBDriverTests {
         }
     }
 
-    @Test("pool: bounded size, acquire timeout, broken connections replaced")
+    @Test("pool: bounded size, acquire timeout, broken connections replaced by new ones")
     func pool() async throws {
         try await withCluster { cluster in
             let pool = MariaDBPool(configuration: try cluster.bankConfiguration("node1"),
@@ -181,14 +181,22 @@ struct MariaDBDriverTests {
                 for try await v in group { sum += v }
                 #expect(sum == 120)
             }
-            // Kill the connections server-side: validation notices and the pool replaces them.
+            // Kill the connections server-side: validation notices and the pool replaces them with
+            // new ones (a new server connection id), never hands out a dead one.
             let admin = try await connect(cluster)
-            for row in try await admin.query("SELECT id FROM information_schema.processlist WHERE user = 'bank' AND id <> CONNECTION_ID()").rows {
-                _ = try? await admin.query("KILL \(try row.int64("id"))")
+            let adminID = try await admin.query("SELECT CONNECTION_ID() AS id").rows[0].int64("id")
+            let pooled = try await admin.query("SELECT id FROM information_schema.processlist WHERE user = 'bank' AND id <> \(adminID)").rows.map { try $0.int64("id") }
+            #expect(pooled.count == 2, "the pool's two idle connections: \(pooled)")
+            for id in pooled { try await admin.query("KILL \(id)") }
+            try await eventually("the killed connections are gone from the server", within: .seconds(10)) {
+                try await admin.query("SELECT COUNT(*) AS n FROM information_schema.processlist WHERE user = 'bank' AND id <> \(adminID)").rows[0].int64("n") == 0
             }
-            try await Task.sleep(for: .milliseconds(20))
-            let v = try await pool.withConnection { try await $0.query("SELECT 7 AS v").rows[0].int64("v") }
+            let (v, id) = try await pool.withConnection { c in
+                let row = try await c.query("SELECT 7 AS v, CONNECTION_ID() AS id").rows[0]
+                return (try row.int64("v"), try row.int64("id"))
+            }
             #expect(v == 7)
+            #expect(!pooled.contains(id), "connection \(id) is one of the killed \(pooled): not replaced")
             await admin.close()
             await pool.shutdown()
         }
@@ -197,7 +205,7 @@ struct MariaDBDriverTests {
 
 @Suite("MariaDB driver over TLS against a real mariadbd", .serialized)
 struct MariaDBTLSTests {
-    @Test("TLS modes: required and verify_ca/verify_identity with the right CA encrypt; a foreign CA is refused; disabled stays plain")
+    @Test("TLS modes: required and verify_ca/verify_identity with the right CA encrypt; a foreign CA is refused; verify_identity refuses a certificate for another host name; disabled stays plain")
     func tlsModes() async throws {
         let dir = FileManager.default.temporaryDirectory.path + "/shardbank-tls-" + UUID().uuidString.prefix(8)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -225,6 +233,25 @@ struct MariaDBTLSTests {
                     #expect(error.code == .connectionFailed, "\(error)")
                     #expect(error.description.contains("node1"), "\(error)")
                 }
+            }
+        }
+        // A certificate from the right CA for another host name: verify_ca accepts it (the chain is
+        // good), verify_identity refuses it (127.0.0.1 is not the name it was issued for).
+        try await withCluster(mariadbOptions: ["ssl_ca=\(files.ca)", "ssl_cert=\(files.otherNameCert)", "ssl_key=\(files.otherNameKey)"]) { cluster in
+            var config = try cluster.bankConfiguration("node1")
+            config.tlsCAFile = files.ca
+            config.tlsMode = .verifyCA
+            let c = try await MariaDBConnection.connect(configuration: config)
+            #expect(try await !(c.query("SHOW SESSION STATUS LIKE 'Ssl_cipher'").rows.first?.string("Value") ?? "").isEmpty)
+            await c.close()
+            config.tlsMode = .verifyIdentity
+            do {
+                let c = try await MariaDBConnection.connect(configuration: config)
+                await c.close()
+                Issue.record("verify_identity connected to 127.0.0.1 presenting a certificate for not-this-host.invalid")
+            } catch let error as MariaDBError {
+                #expect(error.code == .connectionFailed, "\(error)")
+                #expect(error.description.contains("node1"), "\(error)")
             }
         }
     }

@@ -20,9 +20,41 @@ let testLogger: Logger = {
     return logger
 }()
 
-/// Every cluster a test started, stopped at process exit even when a test fails.
+/// Every cluster a test started, stopped at process exit even when a test fails; likewise every
+/// lone process a test spawned outside a cluster (with the directory its command line names).
 private let startedClusters = Mutex<[LocalCluster]>([])
-private let exitHook: Void = { atexit { startedClusters.withLock { $0.forEach { $0.destroy() } } } }()
+private let startedProcesses = Mutex<[(pid: Int32, dir: String)]>([])
+private let exitHook: Void = {
+    atexit {
+        startedClusters.withLock { $0.forEach { $0.destroy() } }
+        startedProcesses.withLock { processes in
+            for p in processes where Processes.commandLine(p.pid)?.contains(p.dir) == true { Processes.terminate(p.pid, timeout: .seconds(5)) }
+        }
+    }
+}()
+
+/// Registers a process a test spawned by hand (its command line names `dir`): if the test does not
+/// stop it on its way out (a crash, an abort), the exit hook does.
+func stopAtExit(_ pid: Int32, dir: String) {
+    _ = exitHook
+    startedProcesses.withLock { $0.append((pid, dir)) }
+}
+
+/// Fails the test, naming `what`, unless `condition` holds within `limit` (polled every 50 ms).
+/// The limit is a deadline against hangs, not a speed requirement: make it generous.
+func eventually(_ what: String, within limit: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw DeadlineExceeded(what: what, limit: limit) }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+struct DeadlineExceeded: Error, CustomStringConvertible {
+    var what: String
+    var limit: Duration
+    var description: String { "not within \(limit): \(what)" }
+}
 
 /// Starts a fresh cluster of real processes in a temporary directory.
 func startCluster(nodes: Int = 1, spare: Int = 0, etcd: Int = 1, etcdArguments: [String] = [], mariadbOptions: [String] = []) async throws -> LocalCluster {
@@ -76,27 +108,31 @@ func withInitialisedCluster(_ body: (inout LocalCluster, EtcdClient) async throw
     }
 }
 
-/// A test CA and a server certificate for 127.0.0.1 made with `openssl`, plus a second CA that
-/// signed nothing. Returns the paths.
-func makeCertificates(in dir: String) throws -> (ca: String, otherCA: String, cert: String, key: String) {
+/// A test CA and a server certificate for 127.0.0.1 made with `openssl`, a second certificate
+/// from the same CA for another host name only, and a second CA that signed nothing. Returns the paths.
+func makeCertificates(in dir: String) throws -> (ca: String, otherCA: String, cert: String, key: String, otherNameCert: String, otherNameKey: String) {
     guard let openssl = Processes.which("openssl") else {
         throw LocalClusterError("openssl is missing: install it with `apt-get install -y openssl`")
     }
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     func file(_ name: String) -> String { dir + "/" + name }
     try "subjectAltName=IP:127.0.0.1\n".write(toFile: file("san.ext"), atomically: true, encoding: .utf8)
+    try "subjectAltName=DNS:not-this-host.invalid\n".write(toFile: file("other-name.ext"), atomically: true, encoding: .utf8)
     let steps: [[String]] = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("ca.key"), "-out", file("ca.pem"), "-days", "2", "-subj", "/CN=ShardBank test CA"],
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("other.key"), "-out", file("other.pem"), "-days", "2", "-subj", "/CN=Some other CA"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file("server.key"), "-out", file("server.csr"), "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", file("server.csr"), "-CA", file("ca.pem"), "-CAkey", file("ca.key"), "-CAcreateserial",
          "-out", file("server.pem"), "-days", "2", "-extfile", file("san.ext")],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file("other-name.key"), "-out", file("other-name.csr"), "-subj", "/CN=not-this-host.invalid"],
+        ["x509", "-req", "-in", file("other-name.csr"), "-CA", file("ca.pem"), "-CAkey", file("ca.key"), "-CAcreateserial",
+         "-out", file("other-name.pem"), "-days", "2", "-extfile", file("other-name.ext")],
     ]
     for step in steps {
         let status = try Processes.run(openssl, step, logFile: file("openssl.log"))
         guard status == 0 else { throw LocalClusterError("openssl \(step[0]) failed; see \(dir)/openssl.log") }
     }
-    return (file("ca.pem"), file("other.pem"), file("server.pem"), file("server.key"))
+    return (file("ca.pem"), file("other.pem"), file("server.pem"), file("server.key"), file("other-name.pem"), file("other-name.key"))
 }
 
 /// A bootstrapped three-node cluster (seed layout) and a Bank over it.
