@@ -205,8 +205,14 @@ extension Ctl {
                                 let r = try await InDoubtResolver.resolve(b.xid, on: b.node, connections: connections)
                                 print("\(b.node) \(b.name.transferID) attempt \(b.name.attempt): \(r.decision == .committed ? "committed" : "rolled back")")
                             } catch {
-                                failed += 1
-                                print("\(b.node) \(b.name.transferID) attempt \(b.name.attempt): not finished — \(error)")
+                                // Another resolver (every serve and agent runs one) may have finished it meanwhile.
+                                let still = try? await PreparedBranch.list(connections, nodes: [b.node]).contains { $0.xid == b.xid }
+                                if still == false {
+                                    print("\(b.node) \(b.name.transferID) attempt \(b.name.attempt): finished meanwhile by an automatic resolver")
+                                } else {
+                                    failed += 1
+                                    print("\(b.node) \(b.name.transferID) attempt \(b.name.attempt): not finished — \(error)")
+                                }
                             }
                         }
                         if candidates.isEmpty { print("nothing left to resolve: the branches finished by themselves") }
