@@ -11,6 +11,9 @@ final class FaultProxy: Sendable {
         /// The COMMIT reaches the server, which applies it; the client's connection closes before
         /// the answer can reach it.
         case dropCommitAnswer
+        /// As ``dropCommitAnswer``, and from then on the proxy refuses every new connection (the
+        /// node is unreachable) until ``FaultProxy/heal()``.
+        case dropCommitAnswerThenRefuse
     }
 
     /// The loopback port to connect to instead of the server's.
@@ -20,7 +23,7 @@ final class FaultProxy: Sendable {
 
     /// Which fault is armed and how many fired; shared by every relayed connection.
     final class Control: Sendable {
-        private let state = Mutex<(armed: Fault?, fired: Int)>((nil, 0))
+        private let state = Mutex<(armed: Fault?, fired: Int, refusing: Bool)>((nil, 0, false))
 
         /// The armed fault, disarmed, when `packet` is a client's `COM_QUERY "COMMIT"`.
         func take(ifCommit packet: ByteBuffer) -> Fault? {
@@ -31,12 +34,15 @@ final class FaultProxy: Sendable {
                 guard let fault = s.armed else { return nil }
                 s.armed = nil
                 s.fired += 1
+                if case .dropCommitAnswerThenRefuse = fault { s.refusing = true }
                 return fault
             }
         }
 
         func arm(_ fault: Fault) { state.withLock { $0.armed = fault } }
         var fired: Int { state.withLock { $0.fired } }
+        var refusing: Bool { state.withLock { $0.refusing } }
+        func heal() { state.withLock { $0.refusing = false } }
     }
 
     private init(port: Int, listener: any Channel, control: Control) {
@@ -49,8 +55,9 @@ final class FaultProxy: Sendable {
         let control = Control()
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { client in
+                if control.refusing { return client.close() }
                 // Both ends live on the client's event loop, so the relays need no locks.
-                ClientBootstrap(group: client.eventLoop)
+                return ClientBootstrap(group: client.eventLoop)
                     .channelInitializer { upstream in
                         upstream.eventLoop.makeCompletedFuture {
                             try upstream.pipeline.syncOperations.addHandler(Relay(peer: client, control: nil))
@@ -68,6 +75,9 @@ final class FaultProxy: Sendable {
 
     /// The next COMMIT through the proxy meets `fault`.
     func arm(_ fault: Fault) { control.arm(fault) }
+
+    /// Accepts connections again after ``Fault/dropCommitAnswerThenRefuse``.
+    func heal() { control.heal() }
 
     /// How many armed faults have fired.
     var fired: Int { control.fired }
@@ -100,7 +110,7 @@ private final class Relay: ChannelInboundHandler {
         case .dropCommit?:
             context.close(promise: nil)
             peer.close(promise: nil)
-        case .dropCommitAnswer?:
+        case .dropCommitAnswer?, .dropCommitAnswerThenRefuse?:
             // The server gets the COMMIT; the client hangs up at once and never sees the answer.
             keepPeer = true
             peer.writeAndFlush(packet, promise: nil)

@@ -66,4 +66,60 @@ struct LostCommitTests {
             try await proxy.shutdown()
         }
     }
+
+    @Test("a COMMIT applied while its node becomes unreachable: outcome_unknown, never a guess; the retry with the same key learns it committed, money moved once",
+          arguments: [false, true])
+    func outcomeUnknown(acrossNodes: Bool) async throws {
+        try await withBank { cluster, bank, connections in
+            var node1 = try cluster.bankConfiguration("node1")
+            let proxy = try await FaultProxy.start(upstreamHost: node1.host, upstreamPort: node1.port)
+            node1.port = proxy.port
+            await connections.register(node: "node1", configuration: node1, options: .init(maxConnections: 24))
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(300), interval: .milliseconds(100), logger: testLogger)
+            do {
+                let a = try await bank.openAccount(customerName: "A", balance: money("5000.00"), idempotencyKey: "open-a") // node1, the commit point
+                let b = try await bank.openAccount(customerName: "B", balance: money(acrossNodes ? "20000.00" : "3000.00"), idempotencyKey: "open-b")
+                proxy.arm(.dropCommitAnswerThenRefuse)
+                do {
+                    let result = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: "unknown-1")
+                    Issue.record("answered \(result) although its node could not be asked")
+                } catch let error as LedgerError {
+                    #expect(error.code == .outcomeUnknown, "\(error)")
+                }
+                #expect(proxy.fired == 1, "the proxy saw no COMMIT")
+                proxy.heal()
+                // Any prepared participant is finished from the decision meanwhile.
+                let task = Task {
+                    while !Task.isCancelled {
+                        await resolver.resolveOnce()
+                        try? await Task.sleep(for: .milliseconds(100))
+                    }
+                }
+                defer { task.cancel() }
+                var retry: MovementResult?
+                for _ in 0..<40 where retry == nil {
+                    do { retry = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: "unknown-1") } catch let error as LedgerError
+                        where error.code == .aborted || error.code == .outcomeUnknown || error.code == .nodeUnavailable {
+                        try await Task.sleep(for: .milliseconds(250))
+                    }
+                }
+                #expect(retry?.replayed == true, "the COMMIT was applied: the retry must replay it")
+                // Across nodes the participant's branch is committed by the resolver, from the decision.
+                for _ in 0..<50 {
+                    var prepared = 0
+                    for node in connections.nodes { prepared += try await connections.withConnection(node) { try await $0.xaRecover() }.count }
+                    if prepared == 0 { break }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                #expect(try await bank.account(a.id).balance == money("4999.00"))
+                #expect(try await bank.account(b.id).balance.minorUnits == money(acrossNodes ? "20000.00" : "3000.00").minorUnits + 100)
+                let report = try await LedgerVerifier(connections: connections, maps: LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())).run()
+                #expect(report.clean, "\(report.summary)")
+            } catch {
+                try await proxy.shutdown()
+                throw error
+            }
+            try await proxy.shutdown()
+        }
+    }
 }
