@@ -52,6 +52,32 @@ enum AccountSQL {
         try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ?", [.int(id)]).rows.first.map(decode)
     }
 
+    /// Locks rows for the rest of the transaction, in ascending id, and returns those that are here.
+    static func lock(_ c: MariaDBConnection, _ ids: [Int64]) async throws -> [Row] {
+        try await c.execute("SELECT \(columns) FROM account_info WHERE account_id IN (\(ids.map { _ in "?" }.joined(separator: ", "))) ORDER BY account_id FOR UPDATE",
+                            ids.map(MariaDBValue.int)).rows.map(decode)
+    }
+
+    /// Accounts after `cursor` by ascending id, of one range or all.
+    static func page(_ c: MariaDBConnection, after cursor: Int64, range: String?, limit: Int) async throws -> [Row] {
+        try await c.execute("SELECT \(columns) FROM account_info WHERE account_id > ? AND (? IS NULL OR balance_range = ?) ORDER BY account_id LIMIT ?",
+                            [.int(cursor), range.map(MariaDBValue.string) ?? .null, range.map(MariaDBValue.string) ?? .null, .int(Int64(limit))]).rows.map(decode)
+    }
+
+    /// The balance a transfer's posting left on an account, if this node holds that posting.
+    static func balanceAfter(_ c: MariaDBConnection, transferID: String, account: Int64) async throws -> Int64? {
+        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?", [.string(transferID), .int(account)])
+            .rows.first?.minorUnits("balance_after")
+    }
+
+    /// An account's postings on this node written at or before `notAfter`, newest first.
+    static func statement(_ c: MariaDBConnection, account: Int64, notAfter: SQLDateTime, limit: Int) async throws -> [MariaDBRow] {
+        try await c.execute("""
+            SELECT entry_id, transfer_id, amount, balance_after, created_at FROM journal
+            WHERE account_id = ? AND created_at <= ? ORDER BY created_at DESC, entry_id DESC LIMIT ?
+            """, [.int(account), .dateTime(notAfter), .int(Int64(limit))]).rows
+    }
+
     /// Locks a row for the rest of the transaction and returns it as it is now.
     static func lock(_ c: MariaDBConnection, _ id: Int64, node: String) async throws -> Row {
         guard let row = try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ? FOR UPDATE", [.int(id)]).rows.first.map(decode) else {

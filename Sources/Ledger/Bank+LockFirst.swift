@@ -90,8 +90,7 @@ extension Bank {
             fenced = Set(hinted)
         }
         let ids = changes.map(\.0).sorted()
-        let rows = try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id IN (\(ids.map { _ in "?" }.joined(separator: ", "))) ORDER BY account_id FOR UPDATE",
-                                       ids.map(MariaDBValue.int)).rows.map(AccountSQL.decode)
+        let rows = try await AccountSQL.lock(c, ids)
         guard rows.count == ids.count else { throw NotSimple() }
         if let homeRow = rows.first(where: { $0.accountID == home }), !homeRow.previousNodes.isEmpty { throw NotSimple() }
         var updates: [(id: Int64, balance: Int64, range: String)] = []

@@ -45,11 +45,8 @@ extension Bank {
             var balances: [Int64: Money] = [:]
             for account in accounts {
                 for n in try await nodesOf(account) where balances[account] == nil {
-                    let j = try await connections.withConnection(n) { c in
-                        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?",
-                                            [.string(key), .int(account)]).rows.first
-                    }
-                    if let j { balances[account] = Money(minorUnits: try j.minorUnits("balance_after")) }
+                    let after = try await connections.withConnection(n) { try await AccountSQL.balanceAfter($0, transferID: key, account: account) }
+                    if let after { balances[account] = Money(minorUnits: after) }
                 }
             }
             return MovementResult(transferID: key, balances: balances, replayed: true)

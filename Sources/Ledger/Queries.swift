@@ -47,11 +47,8 @@ extension Bank {
             target = node!
         }
         let limit = max(1, min(limit, 1000))
-        let rows = try await connections.withConnection(target) { c in
-            try await c.execute("SELECT \(AccountSQL.columns) FROM account_info WHERE account_id > ? AND (? IS NULL OR balance_range = ?) ORDER BY account_id LIMIT ?",
-                                [.int(cursor ?? 0), range.map(MariaDBValue.string) ?? .null, range.map(MariaDBValue.string) ?? .null, .int(Int64(limit) + 1)]).rows
-        }
-        let accounts = try rows.prefix(limit).map(AccountSQL.decode).map {
+        let rows = try await connections.withConnection(target) { try await AccountSQL.page($0, after: cursor ?? 0, range: range, limit: limit + 1) }
+        let accounts = rows.prefix(limit).map {
             Account(id: $0.accountID, customerName: $0.customerName, balance: Money(minorUnits: $0.balance), range: $0.range, node: target)
         }
         return (accounts, rows.count > limit ? accounts.last?.id : nil)
@@ -72,11 +69,8 @@ extension Bank {
         }
         var all: [JournalEntry] = []
         for node in Set(nodes) {
-            let rows = try await connections.withConnection(node) { c in
-                try await c.execute("""
-                    SELECT entry_id, transfer_id, amount, balance_after, created_at FROM journal
-                    WHERE account_id = ? AND created_at <= ? ORDER BY created_at DESC, entry_id DESC LIMIT ?
-                    """, [.int(account), .dateTime(start?.createdAt ?? SQLDateTime(unixMicroseconds: 253_402_300_799_000_000)), .int(Int64(limit) + 1)]).rows
+            let rows = try await connections.withConnection(node) {
+                try await AccountSQL.statement($0, account: account, notAfter: start?.createdAt ?? SQLDateTime(unixMicroseconds: 253_402_300_799_000_000), limit: limit + 1)
             }
             for r in rows {
                 let e = JournalEntry(transferID: try r.string("transfer_id"), amount: Money(minorUnits: try r.minorUnits("amount")),

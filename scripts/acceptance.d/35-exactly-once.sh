@@ -40,18 +40,23 @@ warm() { # serve-url ids… — the serve reads each account, so it knows where 
   local url=$1 id; shift
   for id in "$@"; do curl -s -m 10 -o /dev/null "$url/v1/accounts/$id"; done
 }
+# Opens home and other, starts a serve that holds transfers at STEP, sends it the transfer with KEY
+# and checks that a branch is prepared; sets $home, $other and $held (the holding serve's pid).
+held_transfer() { # label step key home-balance other-balance
+  home=$(open_account "Home-$1" "$4"); other=$(open_account "Other-$1" "$5")
+  start_serve "$3" SHARDBANK_TEST_HOLD_AT="$2"
+  held=$serve_pid
+  warm "$serve_url" "$home" "$other"; warm "$api" "$home" "$other"
+  if send_held "$serve_url" "$3" "$home" "$other"; then ok "$1: a branch is prepared while the coordinator holds at $2"
+  else bad "$1: no branch prepared" "$(nodes_sql 'XA RECOVER' 2>&1)"; fi
+}
 
 for side in below above; do
   # below: home (debited, the commit point) on node2, the other on node1; above: home node1, other node2.
   if [ $side = below ]; then h0=20000.00; o0=100.00; else h0=500.00; o0=20000.00; fi
 
   # Case 1: the held serve's decision is committed when it dies.
-  home=$(open_account "Home1-$side" $h0); other=$(open_account "Other1-$side" $o0)
-  start_serve "c1-$side" SHARDBANK_TEST_HOLD_AT=decided
-  held=$serve_pid
-  warm "$serve_url" "$home" "$other"; warm "$api" "$home" "$other"
-  if send_held "$serve_url" "K1-$side" "$home" "$other"; then ok "case 1 ($side): a branch is prepared while the coordinator holds its committed decision"
-  else bad "case 1 ($side): no branch prepared" "$(nodes_sql 'XA RECOVER' 2>&1)"; fi
+  held_transfer "case 1 ($side)" decided "K1-$side" $h0 $o0
   kill -9 "$held"; wait "$held" 2>/dev/null
   code=$(post_until_final /v1/transfers "{\"from\":$home,\"to\":$other,\"amount\":\"1.00\"}" "K1-$side")
   [ "$code" = 201 ] && grep -q '"replayed":true' "$BODY" && ok "case 1 ($side): the same request to the other serve answers 201 replayed" \
@@ -63,12 +68,7 @@ for side in below above; do
 
   # Case 4: the held serve dies after the prepare, before any decision: the resolver records its
   # attempt aborted; the key is not spent.
-  home=$(open_account "Home4-$side" $h0); other=$(open_account "Other4-$side" $o0)
-  start_serve "c4-$side" SHARDBANK_TEST_HOLD_AT=prepared
-  held=$serve_pid
-  warm "$serve_url" "$home" "$other"; warm "$api" "$home" "$other"
-  if send_held "$serve_url" "K4-$side" "$home" "$other"; then ok "case 4 ($side): a branch is prepared while the coordinator holds"
-  else bad "case 4 ($side): no branch prepared" "$(nodes_sql 'XA RECOVER' 2>&1)"; fi
+  held_transfer "case 4 ($side)" prepared "K4-$side" $h0 $o0
   if [ $side = below ]; then
     # An operator's view of the same moment: the branch, its attempt and that no decision exists yet.
     out=$("$bin" ctl xa list --config "$config" 2>&1)

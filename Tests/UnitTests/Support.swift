@@ -1,0 +1,25 @@
+import API
+import ClusterMetadata
+import Etcd
+import Hummingbird
+import Ledger
+import Logging
+
+/// Runs `body` with the API's router over a bank and metadata that reach nothing (etcd at a closed
+/// port, no nodes): for tests of what the edge answers before any storage is asked.
+func withOfflineRouter<T>(logger: Logger, _ body: (Router<BasicRequestContext>) async throws -> T) async throws -> T {
+    let etcd = EtcdClient(configuration: EtcdConfiguration(endpoints: ["http://127.0.0.1:9"]), logger: logger)
+    let bank = Bank(connections: NodeConnections(logger: logger), maps: { throw LedgerError(.nodeUnavailable, "none") },
+                    nextAccountID: { 1 }, logger: logger)
+    let cache = MetadataCache(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
+    let router = BankRoutes.router(APIDependencies(bank: bank, cache: cache, health: NodeHealthMonitor(cache: cache),
+                                                   etcd: EtcdProbe(etcd: etcd, key: "/x", logger: logger)))
+    do {
+        let result = try await body(router)
+        try await etcd.shutdown()
+        return result
+    } catch {
+        try? await etcd.shutdown()
+        throw error
+    }
+}
