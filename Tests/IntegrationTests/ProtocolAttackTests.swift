@@ -208,6 +208,128 @@ struct ProtocolAttackTests {
         }
     }
 
+    /// The resolver presumes abort while the coordinator is alive: the participant (below the commit
+    /// point) is prepared, and the coordinator waits ~3 s for the home row, which another session holds,
+    /// before it can write its decision. The resolver records the attempt aborted and rolls the branch
+    /// back; the coordinator's decision row must then fail (primary key) and nothing of that attempt commit.
+    @Test("the resolver presumes abort while the coordinator still waits for the home row: that attempt commits nothing, the client hears the truth")
+    func presumedAbortWhileCoordinatorAlive() async throws {
+        try await withBank { cluster, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
+            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
+            let coordinator = Bank(connections: connections, maps: { attackMaps }, nextAccountID: { -1 }, logger: testLogger)
+            _ = (try await coordinator.account(home.id), try await coordinator.account(other.id))
+            let blocker = try await connect(cluster, "node2")
+            try await blocker.begin()
+            _ = try await blocker.execute("SELECT balance FROM account_info WHERE account_id = ? FOR UPDATE", [.int(home.id)])
+            let resolutions = Mutex<[InDoubtResolver.Resolution]>([])
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(300), interval: .milliseconds(100), logger: testLogger)
+            let resolving = Task {
+                while !Task.isCancelled {
+                    let done = await resolver.resolveOnce()
+                    resolutions.withLock { $0 += done }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            defer { resolving.cancel() }
+            async let answer = outcome { try await coordinator.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "alive-K") }
+            try await Task.sleep(for: .seconds(3))
+            try await blocker.rollback()
+            await blocker.close()
+            let result = await answer
+            let presumed = resolutions.withLock { $0 }.filter { $0.transferID == "alive-K" }
+            try await waitUntilNoBranch(connections)
+            let home1 = try await bank.account(home.id).balance, other1 = try await bank.account(other.id).balance
+            switch result {
+            case .success(let r):
+                #expect(!r.replayed)
+                #expect(home1 == money("19999.00") && other1 == money("101.00"), "told done; balances \(home1), \(other1)")
+            case .failure(let error):
+                #expect(home1 == money("20000.00") && other1 == money("100.00"), "told \(error); balances \(home1), \(other1)")
+            }
+            let states = try await connections.withConnection("node2") { c in
+                try await c.execute("SELECT attempt, state FROM transfers WHERE transfer_id = 'alive-K'").rows.map { "\(try $0.string("attempt")):\(try $0.string("state"))" }
+            }
+            #expect(states.filter { $0.hasSuffix(":committed") }.count <= 1, "\(states)")
+            // The scenario happened: the resolver recorded the live attempt aborted (its XA ROLLBACK of the
+            // still-attached branch may be refused; the coordinator rolls it back itself).
+            #expect(states.contains { $0.hasSuffix(":aborted") }, "the resolver presumed nothing: states \(states), resolutions \(presumed), answer \(result)")
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// The commit point is down (killed) while a participant of a committed attempt is prepared: the
+    /// resolver must leave the branch prepared — never guess.
+    @Test("a resolver whose commit point is down leaves the branch prepared")
+    func resolverCommitPointDown() async throws {
+        try await withBank { cluster, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
+            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
+            let dying = dyingCoordinator(connections) { $0 == .decided }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            await #expect(throws: CoordinatorCrash.self) {
+                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "down-K")
+            }
+            try cluster.kill("node2")
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(100), interval: .milliseconds(100), logger: testLogger)
+            var resolved: [InDoubtResolver.Resolution] = []
+            for _ in 0..<15 {
+                resolved += await resolver.resolveOnce()
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            #expect(resolved.isEmpty, "resolved without its commit point: \(resolved)")
+            let left = try await connections.withConnection("node1") { try await $0.xaRecover() }
+            #expect(left.count == 1, "the participant's branch on node1 should still be prepared")
+        }
+    }
+
+    /// Each crash step × each shape (participant below/above the commit point, the credited or the
+    /// debited account crossing a boundary inside the transfer), retried at once on another
+    /// coordinator while two resolvers run: money moves once, nothing stays prepared, verify is clean.
+    @Test("crash at each step × shape, immediate same-key retry with two resolvers running: exactly once",
+          arguments: ["prepared", "beforeDecision", "decided"], ["below", "above", "moveOther", "moveHome"])
+    func crashMatrix(step: String, shape: String) async throws {
+        try await withBank { _, bank, connections in
+            let (h, o): (String, String) = switch shape {
+            case "below": ("20000.00", "100.00")
+            case "above": ("500.00", "20000.00")
+            case "moveOther": ("20000.00", "9999.50") // the credited account moves node1 → node2
+            default: ("10000.50", "100.00") // the debited (home) account moves node2 → node1
+            }
+            let home = try await bank.openAccount(customerName: "Home", balance: money(h), idempotencyKey: "o-home")
+            let other = try await bank.openAccount(customerName: "Other", balance: money(o), idempotencyKey: "o-other")
+            let dying = dyingCoordinator(connections) { s in
+                switch (step, s) {
+                case ("prepared", .prepared), ("beforeDecision", .beforeDecision), ("decided", .decided): return true
+                default: return false
+                }
+            }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            let first = await outcome { try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M") }
+            if case .failure(let e) = first, !(e is CoordinatorCrash) { Issue.record("the first attempt answered \(e)") }
+            if case .success = first { Issue.record("the first attempt did not reach step \(step)") }
+            let r1 = startResolver(connections, minimumAge: .milliseconds(300), interval: .milliseconds(100))
+            let r2 = startResolver(connections, minimumAge: .milliseconds(300), interval: .milliseconds(130))
+            defer { r1.cancel(); r2.cancel() }
+            var retry: Result<MovementResult, any Error> = .failure(LedgerError(.aborted, "not tried"))
+            for _ in 0..<40 {
+                retry = await outcome { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M") }
+                if case .failure(let e as LedgerError) = retry, e.code == .aborted || e.code == .outcomeUnknown { try await Task.sleep(for: .milliseconds(250)); continue }
+                break
+            }
+            guard case .success(let r) = retry else { Issue.record("the retry never succeeded: \(retry)"); return }
+            #expect(r.replayed == (step == "decided"), "replayed \(r.replayed) after a crash at \(step)")
+            try await waitUntilNoBranch(connections)
+            #expect(try await bank.account(home.id).balance.minorUnits == money(h).minorUnits - 100)
+            #expect(try await bank.account(other.id).balance.minorUnits == money(o).minorUnits + 100)
+            let again = try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M")
+            #expect(again.replayed)
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
     // MARK: verify
 
     /// `verify` tolerates a prepared branch for `xaBound` (10 s), but its transfer section reads the
