@@ -1,0 +1,415 @@
+import Foundation
+import Ledger
+import MariaDB
+import Sharding
+import Synchronization
+import Testing
+
+// Adversarial review of the exactly-once protocol (attempts, decision rows, the in-doubt resolver).
+// Every test here states what the ledger promises and fails where the promise is broken; the report
+// of the review (branch `protocol-review`) ranks them.
+
+private let attackMaps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+
+/// A second coordinator over the same nodes that dies (drops its connections, as a killed process
+/// would) when two-phase commit reaches a step `crashAt` accepts. `nextID` gives the ids it opens.
+private func dyingCoordinator(_ connections: NodeConnections, nextID: @escaping @Sendable () -> Int64 = { -1 },
+                              crashAt: @escaping @Sendable (TwoPhaseStep) -> Bool) -> Bank {
+    Bank(connections: connections, maps: { attackMaps }, nextAccountID: { nextID() }, logger: testLogger,
+         hook: { if crashAt($0) { throw CoordinatorCrash() } })
+}
+
+private func preparedCount(_ connections: NodeConnections) async throws -> Int {
+    var n = 0
+    for node in connections.nodes { n += try await connections.withConnection(node) { try await $0.xaRecover() }.count }
+    return n
+}
+
+/// An in-doubt resolver passing over every node every `interval`, until the returned task is cancelled.
+private func startResolver(_ connections: NodeConnections, minimumAge: Duration, interval: Duration = .milliseconds(200)) -> Task<Void, Never> {
+    let resolver = InDoubtResolver(connections: connections, minimumAge: minimumAge, interval: interval, logger: testLogger)
+    return Task {
+        while !Task.isCancelled {
+            await resolver.resolveOnce()
+            try? await Task.sleep(for: interval)
+        }
+    }
+}
+
+private func waitUntilNoBranch(_ connections: NodeConnections) async throws {
+    for _ in 0..<150 where try await preparedCount(connections) > 0 { try await Task.sleep(for: .milliseconds(100)) }
+    #expect(try await preparedCount(connections) == 0, "prepared branches left behind")
+}
+
+private func verify(_ connections: NodeConnections) async throws -> LedgerVerifier.Report {
+    try await LedgerVerifier(connections: connections, maps: attackMaps).run(xaBound: .seconds(10), settle: .seconds(2))
+}
+
+/// What an operation answered, for messages.
+private func outcome<T>(_ body: () async throws -> T) async -> Result<T, any Error> {
+    do { return .success(try await body()) } catch { return .failure(error) }
+}
+
+@Suite("Protocol attacks: exactly-once under crashes, retries, moves and odd keys", .serialized)
+struct ProtocolAttackTests {
+    // MARK: idempotency keys whose earlier use is on another node
+
+    /// `openAccount` looks for an earlier use of the key only on the node the *new* request's
+    /// balance maps to. The same key with a balance on another node is not seen: a second account.
+    @Test("open: a key reused with an opening balance on another node is refused (idempotency conflict), not a second account")
+    func openReusedKeyOtherNode() async throws {
+        try await withBank { _, bank, connections in
+            let first = try await bank.openAccount(customerName: "Ann", balance: money("100.00"), idempotencyKey: "open-K")
+            #expect(first.node == "node1")
+            switch await outcome({ try await bank.openAccount(customerName: "Ann", balance: money("20000.00"), idempotencyKey: "open-K") }) {
+            case .success(let second):
+                Issue.record("key open-K, already used to open account \(first.id) on \(first.node), opened a second account \(second.id) on \(second.node) holding \(second.balance)")
+            case .failure(let error as LedgerError) where error.code == .idempotencyConflict:
+                break
+            case .failure(let error):
+                Issue.record("unexpected answer \(error)")
+            }
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// A movement looks for an earlier use of its key only on the home account's nodes: the same key
+    /// used before for a request whose home is on another node is not seen, and both commit.
+    @Test("deposit: a key reused for another account on another node is refused, not applied a second time")
+    func depositReusedKeyOtherNode() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a") // node1
+            let b = try await bank.openAccount(customerName: "B", balance: money("20000.00"), idempotencyKey: "open-b") // node2
+            #expect(a.node == "node1" && b.node == "node2")
+            _ = try await bank.deposit(a.id, amount: money("5.00"), idempotencyKey: "dep-K")
+            switch await outcome({ try await bank.deposit(b.id, amount: money("5.00"), idempotencyKey: "dep-K") }) {
+            case .success(let r):
+                Issue.record("key dep-K, already used for a deposit to \(a.id) on node1, was applied again to \(b.id) on node2 (replayed: \(r.replayed)); GET /transfers/dep-K answers for only one of them: \(try await bank.transferRecord("dep-K"))")
+            case .failure(let error as LedgerError) where error.code == .idempotencyConflict:
+                break
+            case .failure(let error):
+                Issue.record("unexpected answer \(error)")
+            }
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// The reused key collides with the earlier request's posting (`journal.one_posting`) on a node
+    /// whose decision rows were not consulted: every attempt rolls back on 1062, the ledger plans
+    /// again 8 times and answers `aborted` ("nothing was done, try again") — a key that can never
+    /// succeed, and a 503 where the contract says 422 idempotency_key_reused.
+    @Test("deposit with the key of an earlier transfer that credited the same account (on another node than the transfer's home): a conflict, not endless aborts")
+    func depositWithKeyOfTransferToIt() async throws {
+        try await withBank { _, bank, _ in
+            let a = try await bank.openAccount(customerName: "A", balance: money("500.00"), idempotencyKey: "open-a") // node1: home
+            let b = try await bank.openAccount(customerName: "B", balance: money("20000.00"), idempotencyKey: "open-b") // node2
+            _ = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: "xfer-K")
+            let started = ContinuousClock.now
+            let answer = await outcome({ try await bank.deposit(b.id, amount: money("1.00"), idempotencyKey: "xfer-K") })
+            let took = ContinuousClock.now - started
+            switch answer {
+            case .failure(let error as LedgerError) where error.code == .idempotencyConflict:
+                break
+            case .failure(let error):
+                Issue.record("reusing xfer-K for a deposit answered \(error) after \(took) (the client is told to retry; every retry fails the same way)")
+            case .success(let r):
+                Issue.record("reusing xfer-K for a deposit was applied (replayed: \(r.replayed))")
+            }
+        }
+    }
+
+    // MARK: replays while an attempt is in doubt
+
+    /// An open whose decision committed (on the balance's node) while its directory entry is still a
+    /// prepared branch on another node: the retry finds the decision, then looks the account up by
+    /// its directory entry, which it cannot see yet — and answers "account does not exist".
+    @Test("open: a retry of an open that committed, while its directory branch is in doubt, returns the account, not not_found")
+    func openRetryWhileDirectoryInDoubt() async throws {
+        try await withBank { _, bank, connections in
+            var id: Int64 = 7_000_000
+            while try attackMaps.directory.range(for: DirectoryHash.key(forAccount: id)).node != "node3" { id += 1 }
+            let fixed = id
+            let dying = dyingCoordinator(connections, nextID: { fixed }) { $0 == .decided }
+            await #expect(throws: CoordinatorCrash.self) {
+                _ = try await dying.openAccount(customerName: "Dee", balance: money("100.00"), idempotencyKey: "open-doubt")
+            }
+            #expect(try await preparedCount(connections) == 1, "the directory branch on node3 should be in doubt")
+            #expect(try await bank.transferRecord("open-doubt").state == "committed")
+            // The client retries at once (no resolver has run yet: ~2 s in serve, or longer if node1 is slow).
+            switch await outcome({ try await bank.openAccount(customerName: "Dee", balance: money("100.00"), idempotencyKey: "open-doubt") }) {
+            case .success(let account):
+                #expect(account.id == fixed)
+            case .failure(let error):
+                Issue.record("the retry of a committed open answered \(error); a client taking that for 'not opened' opens again with a new key: two accounts")
+            }
+            let resolver = startResolver(connections, minimumAge: .milliseconds(300))
+            defer { resolver.cancel() }
+            try await waitUntilNoBranch(connections)
+            #expect(try await bank.openAccount(customerName: "Dee", balance: money("100.00"), idempotencyKey: "open-doubt").id == fixed)
+        }
+    }
+
+    /// A transfer whose decision committed while the credited account's branch is still prepared:
+    /// the retry replays it, but the replay reads the balances from committed postings only, so the
+    /// credited account's balance is missing (POST /v1/transfers answers `to_balance: null`).
+    @Test("transfer: the replay of a committed transfer whose participant is still prepared reports both balances")
+    func replayWhileParticipantInDoubt() async throws {
+        try await withBank { _, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
+            let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
+            let dying = dyingCoordinator(connections) { $0 == .decided }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            await #expect(throws: CoordinatorCrash.self) {
+                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "replay-K")
+            }
+            let replay = try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "replay-K")
+            #expect(replay.replayed)
+            #expect(replay.balances[home.id] == money("499.00"))
+            #expect(replay.balances[other.id] == money("20001.00"), "the replay answered balances \(replay.balances)")
+            let resolver = startResolver(connections, minimumAge: .milliseconds(300))
+            defer { resolver.cancel() }
+            try await waitUntilNoBranch(connections)
+        }
+    }
+
+    // MARK: a slow coordinator (holds: kept as evidence)
+
+    /// The first attempt's coordinator is alive but stalls with its decision row written and not
+    /// committed; the resolver presumes abort meanwhile (its insert waits on the row's primary key)
+    /// and a retry with the key arrives. Below the lock-wait timeout (3 s) and above it (7 s).
+    @Test("a stalled coordinator, the resolver and a same-key retry: money moves once and both clients hear 'done'", arguments: [3, 7])
+    func stalledCoordinator(seconds: Int) async throws {
+        try await withBank { _, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
+            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
+            let slow = Bank(connections: connections, maps: { attackMaps }, nextAccountID: { -1 }, logger: testLogger,
+                            hook: { if $0 == .beforeDecision { try await Task.sleep(for: .seconds(seconds)) } })
+            _ = (try await slow.account(home.id), try await slow.account(other.id))
+            let resolver = startResolver(connections, minimumAge: .milliseconds(300), interval: .milliseconds(100))
+            defer { resolver.cancel() }
+            async let first = outcome { try await slow.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "slow-K") }
+            try await Task.sleep(for: .milliseconds(800))
+            var retried: Result<MovementResult, any Error> = .failure(LedgerError(.aborted, "not tried"))
+            for _ in 0..<20 {
+                retried = await outcome { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "slow-K") }
+                if case .failure(let e as LedgerError) = retried, e.code == .aborted { try await Task.sleep(for: .milliseconds(250)); continue }
+                break
+            }
+            let answers = [await first, retried]
+            let applied = answers.compactMap { try? $0.get() }.filter { !$0.replayed }.count
+            #expect(applied == 1, "answers: \(answers)")
+            try await waitUntilNoBranch(connections)
+            #expect(try await bank.account(home.id).balance == money("19999.00"))
+            #expect(try await bank.account(other.id).balance == money("101.00"))
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// The resolver presumes abort while the coordinator is alive: the participant (below the commit
+    /// point) is prepared, and the coordinator waits ~3 s for the home row, which another session holds,
+    /// before it can write its decision. The resolver records the attempt aborted and rolls the branch
+    /// back; the coordinator's decision row must then fail (primary key) and nothing of that attempt commit.
+    @Test("the resolver presumes abort while the coordinator still waits for the home row: that attempt commits nothing, the client hears the truth")
+    func presumedAbortWhileCoordinatorAlive() async throws {
+        try await withBank { cluster, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
+            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
+            let coordinator = Bank(connections: connections, maps: { attackMaps }, nextAccountID: { -1 }, logger: testLogger)
+            _ = (try await coordinator.account(home.id), try await coordinator.account(other.id))
+            let blocker = try await connect(cluster, "node2")
+            try await blocker.begin()
+            _ = try await blocker.execute("SELECT balance FROM account_info WHERE account_id = ? FOR UPDATE", [.int(home.id)])
+            let resolutions = Mutex<[InDoubtResolver.Resolution]>([])
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(300), interval: .milliseconds(100), logger: testLogger)
+            let resolving = Task {
+                while !Task.isCancelled {
+                    let done = await resolver.resolveOnce()
+                    resolutions.withLock { $0 += done }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            defer { resolving.cancel() }
+            async let answer = outcome { try await coordinator.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "alive-K") }
+            try await Task.sleep(for: .seconds(3))
+            try await blocker.rollback()
+            await blocker.close()
+            let result = await answer
+            let presumed = resolutions.withLock { $0 }.filter { $0.transferID == "alive-K" }
+            try await waitUntilNoBranch(connections)
+            let home1 = try await bank.account(home.id).balance, other1 = try await bank.account(other.id).balance
+            switch result {
+            case .success(let r):
+                #expect(!r.replayed)
+                #expect(home1 == money("19999.00") && other1 == money("101.00"), "told done; balances \(home1), \(other1)")
+            case .failure(let error):
+                #expect(home1 == money("20000.00") && other1 == money("100.00"), "told \(error); balances \(home1), \(other1)")
+            }
+            let states = try await connections.withConnection("node2") { c in
+                try await c.execute("SELECT attempt, state FROM transfers WHERE transfer_id = 'alive-K'").rows.map { "\(try $0.string("attempt")):\(try $0.string("state"))" }
+            }
+            #expect(states.filter { $0.hasSuffix(":committed") }.count <= 1, "\(states)")
+            // The scenario happened: the resolver recorded the live attempt aborted (its XA ROLLBACK of the
+            // still-attached branch may be refused; the coordinator rolls it back itself).
+            #expect(states.contains { $0.hasSuffix(":aborted") }, "the resolver presumed nothing: states \(states), resolutions \(presumed), answer \(result)")
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// The commit point is down (killed) while a participant of a committed attempt is prepared: the
+    /// resolver must leave the branch prepared — never guess.
+    @Test("a resolver whose commit point is down leaves the branch prepared")
+    func resolverCommitPointDown() async throws {
+        try await withBank { cluster, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
+            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
+            let dying = dyingCoordinator(connections) { $0 == .decided }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            await #expect(throws: CoordinatorCrash.self) {
+                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "down-K")
+            }
+            try cluster.kill("node2")
+            let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(100), interval: .milliseconds(100), logger: testLogger)
+            var resolved: [InDoubtResolver.Resolution] = []
+            for _ in 0..<15 {
+                resolved += await resolver.resolveOnce()
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            #expect(resolved.isEmpty, "resolved without its commit point: \(resolved)")
+            let left = try await connections.withConnection("node1") { try await $0.xaRecover() }
+            #expect(left.count == 1, "the participant's branch on node1 should still be prepared")
+        }
+    }
+
+    /// Each crash step × each shape (participant below/above the commit point, the credited or the
+    /// debited account crossing a boundary inside the transfer), retried at once on another
+    /// coordinator while two resolvers run: money moves once, nothing stays prepared, verify is clean.
+    @Test("crash at each step × shape, immediate same-key retry with two resolvers running: exactly once",
+          arguments: ["prepared", "beforeDecision", "decided"], ["below", "above", "moveOther", "moveHome"])
+    func crashMatrix(step: String, shape: String) async throws {
+        try await withBank { _, bank, connections in
+            let (h, o): (String, String) = switch shape {
+            case "below": ("20000.00", "100.00")
+            case "above": ("500.00", "20000.00")
+            case "moveOther": ("20000.00", "9999.50") // the credited account moves node1 → node2
+            default: ("10000.50", "100.00") // the debited (home) account moves node2 → node1
+            }
+            let home = try await bank.openAccount(customerName: "Home", balance: money(h), idempotencyKey: "o-home")
+            let other = try await bank.openAccount(customerName: "Other", balance: money(o), idempotencyKey: "o-other")
+            let dying = dyingCoordinator(connections) { s in
+                switch (step, s) {
+                case ("prepared", .prepared), ("beforeDecision", .beforeDecision), ("decided", .decided): return true
+                default: return false
+                }
+            }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            let first = await outcome { try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M") }
+            if case .failure(let e) = first, !(e is CoordinatorCrash) { Issue.record("the first attempt answered \(e)") }
+            if case .success = first { Issue.record("the first attempt did not reach step \(step)") }
+            let r1 = startResolver(connections, minimumAge: .milliseconds(300), interval: .milliseconds(100))
+            let r2 = startResolver(connections, minimumAge: .milliseconds(300), interval: .milliseconds(130))
+            defer { r1.cancel(); r2.cancel() }
+            var retry: Result<MovementResult, any Error> = .failure(LedgerError(.aborted, "not tried"))
+            for _ in 0..<40 {
+                retry = await outcome { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M") }
+                if case .failure(let e as LedgerError) = retry, e.code == .aborted || e.code == .outcomeUnknown { try await Task.sleep(for: .milliseconds(250)); continue }
+                break
+            }
+            guard case .success(let r) = retry else { Issue.record("the retry never succeeded: \(retry)"); return }
+            #expect(r.replayed == (step == "decided"), "replayed \(r.replayed) after a crash at \(step)")
+            try await waitUntilNoBranch(connections)
+            #expect(try await bank.account(home.id).balance.minorUnits == money(h).minorUnits - 100)
+            #expect(try await bank.account(other.id).balance.minorUnits == money(o).minorUnits + 100)
+            let again = try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M")
+            #expect(again.replayed)
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    // MARK: verify
+
+    /// `verify` tolerates a prepared branch for `xaBound` (10 s), but its transfer section reads the
+    /// committed decision of that very attempt without its participant's postings, on both passes
+    /// (2 s apart), and reports it: a violation the resolver removes seconds later by itself.
+    @Test("verify during an in-doubt transfer that the resolver finishes within the XA bound reports no violation")
+    func verifyDuringInDoubt() async throws {
+        try await withBank { _, bank, connections in
+            let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
+            let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
+            let dying = dyingCoordinator(connections) { $0 == .decided }
+            _ = (try await dying.account(home.id), try await dying.account(other.id))
+            await #expect(throws: CoordinatorCrash.self) {
+                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "doubt-K")
+            }
+            // A resolver that finishes the branch ~3 s after it is first seen: well inside verify's 10 s bound
+            // (serve's own — 2 s age, 1 s passes — lands between 2 and 3 s: the same race, less often lost).
+            let resolver = startResolver(connections, minimumAge: .seconds(3))
+            defer { resolver.cancel() }
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+            try await waitUntilNoBranch(connections)
+            let after = try await verify(connections)
+            #expect(after.clean, "\(after.summary)")
+            #expect(try await bank.account(other.id).balance == money("20001.00"))
+        }
+    }
+
+    // MARK: keys at the edges (the library takes any String; the API only 1–64 ASCII characters)
+
+    /// The keys compare byte for byte in MariaDB (utf8mb4_bin), so "café" in NFC and in NFD are two
+    /// transfers and both commit; the verifier groups them with Swift `String` equality (canonical
+    /// equivalence) and reports one transfer with two committed decisions.
+    @Test("verify: two keys that differ only in Unicode normalisation are two transfers, not a violation")
+    func verifyNormalisation() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a")
+            let b = try await bank.openAccount(customerName: "B", balance: money("200.00"), idempotencyKey: "open-b")
+            let nfc = "caf\u{E9}", nfd = "cafe\u{301}"
+            #expect(Array(nfc.utf8) != Array(nfd.utf8))
+            let first = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: nfc)
+            let second = try await bank.deposit(b.id, amount: money("1.00"), idempotencyKey: nfd)
+            #expect(!first.replayed && !second.replayed) // the ledger treats them as two keys
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    /// utf8mb4_bin is a PAD SPACE collation: "pad" and "pad " are one value to the unique indexes and
+    /// to `WHERE transfer_id = ?`. A different request with the key "pad " is answered as a replay of
+    /// the request with key "pad": the client is told its deposit is done; no money moved.
+    @Test("keys differing by a trailing space are two keys: the second deposit is applied, not replayed")
+    func trailingSpaceKey() async throws {
+        try await withBank { _, bank, _ in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a")
+            _ = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: "pad")
+            let second = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: "pad ")
+            #expect(!second.replayed, "deposit with key 'pad ' was answered as a replay of key 'pad'")
+            #expect(try await bank.account(a.id).balance == money("102.00"))
+        }
+    }
+
+    /// A key longer than 64 bytes but not 64 characters (VARCHAR(64) counts characters) commits on one
+    /// node, yet across nodes two-phase commit refuses it before starting and the ledger answers
+    /// `aborted` — "nothing changed, try again" — every time. A key over 64 characters: `aborted` too
+    /// (the server's 'data too long'). Either the key is invalid (say so) or it works everywhere.
+    @Test("a key over 64 bytes: the same answer on one node and across nodes, never an endless 'aborted'",
+          arguments: [String(repeating: "\u{E9}", count: 40), String(repeating: "k", count: 65)])
+    func longKey(key: String) async throws {
+        try await withBank { _, bank, _ in
+            let a = try await bank.openAccount(customerName: "A", balance: money("500.00"), idempotencyKey: "open-a") // node1
+            let b = try await bank.openAccount(customerName: "B", balance: money("200.00"), idempotencyKey: "open-b") // node1
+            let c = try await bank.openAccount(customerName: "C", balance: money("20000.00"), idempotencyKey: "open-c") // node2
+            let single = await outcome({ try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: key) })
+            let cross = await outcome({ try await bank.transfer(from: a.id, to: c.id, amount: money("1.00"), idempotencyKey: key + "x") })
+            for (what, answer) in [("one node", single), ("across nodes", cross)] {
+                if case .failure(let error as LedgerError) = answer, error.code == .aborted {
+                    Issue.record("a \(key.utf8.count)-byte, \(key.count)-character key \(what): \(error) — retrying can never succeed")
+                }
+            }
+        }
+    }
+}
