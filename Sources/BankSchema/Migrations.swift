@@ -94,39 +94,40 @@ public enum BankSchema {
         // between an attempt's coordinator committing and a resolver presuming its abort, so an aborted
         // attempt no longer spends its key; `committed_id` (the transfer id of committed rows only) is
         // unique, so a node holds at most one committed attempt per transfer. Postings name their
-        // attempt. Keys and ids compare byte for byte: the server's default collation folds case and
-        // accents, which made "Key-A" and "key-a" one transfer.
+        // attempt. Keys and ids compare byte for byte (utf8mb4_nopad_bin): the server's default
+        // collation folds case and accents, which made "Key-A" and "key-a" one transfer, and a PAD
+        // SPACE collation (utf8mb4_bin too) ignores trailing spaces, which made "k" and "k " one.
         Migration(version: 3, name: "attempts own their branches; binary keys", statements: [
             """
             ALTER TABLE transfers
-              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
               ADD COLUMN IF NOT EXISTS attempt VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '' AFTER transfer_id,
-              ADD COLUMN IF NOT EXISTS committed_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
+              ADD COLUMN IF NOT EXISTS committed_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin
                 AS (IF(state = 'committed', transfer_id, NULL)) PERSISTENT,
               DROP PRIMARY KEY, ADD PRIMARY KEY (transfer_id, attempt),
               ADD UNIQUE KEY IF NOT EXISTS one_commit (committed_id)
             """,
             """
             ALTER TABLE journal
-              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              MODIFY transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
               ADD COLUMN IF NOT EXISTS attempt VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '' AFTER transfer_id
             """,
             """
             ALTER TABLE account_info
-              MODIFY balance_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''
+              MODIFY balance_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL DEFAULT ''
             """,
             """
             ALTER TABLE account_directory
-              MODIFY directory_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-              MODIFY data_node VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-              MODIFY data_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''
+              MODIFY directory_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              MODIFY data_node VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              MODIFY data_range VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              MODIFY previous_nodes VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL DEFAULT ''
             """,
             """
             ALTER TABLE range_ownership
-              MODIFY map_name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-              MODIFY range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL
+              MODIFY map_name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              MODIFY range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL
             """,
         ]),
     ]

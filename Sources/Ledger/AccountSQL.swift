@@ -64,10 +64,26 @@ enum AccountSQL {
                             [.int(cursor), range.map(MariaDBValue.string) ?? .null, range.map(MariaDBValue.string) ?? .null, .int(Int64(limit))]).rows.map(decode)
     }
 
-    /// The balance a transfer's posting left on an account, if this node holds that posting.
-    static func balanceAfter(_ c: MariaDBConnection, transferID: String, account: Int64) async throws -> Int64? {
-        try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND account_id = ?", [.string(transferID), .int(account)])
-            .rows.first?.minorUnits("balance_after")
+    /// The balance a committed attempt's posting left on an account, if this node holds that
+    /// posting — read dirty, so that a participant's posting whose branch is still prepared (its
+    /// decision committed, the resolver about to commit it) is seen too. Only the committed
+    /// attempt's posting is read: another attempt's, in flight, is never taken for it.
+    static func balanceAfter(_ c: MariaDBConnection, transferID: String, attempt: AttemptID, account: Int64) async throws -> Int64? {
+        try await c.begin(isolation: .readUncommitted)
+        do {
+            let after = try await c.execute("SELECT balance_after FROM journal WHERE transfer_id = ? AND attempt = ? AND account_id = ?",
+                                            [.string(transferID), .string(attempt.rawValue), .int(account)]).rows.first?.minorUnits("balance_after")
+            try await c.commit()
+            return after
+        } catch {
+            if !c.isBroken { _ = try? await c.rollback() }
+            throw error
+        }
+    }
+
+    /// Whether a committed posting of `transferID` to `account` is on this node.
+    static func postingExists(_ c: MariaDBConnection, transferID: String, account: Int64) async throws -> Bool {
+        try await !c.execute("SELECT 1 AS x FROM journal WHERE transfer_id = ? AND account_id = ? LIMIT 1", [.string(transferID), .int(account)]).rows.isEmpty
     }
 
     /// An account's postings on this node written at or before `notAfter`, newest first.

@@ -40,12 +40,14 @@ extension Bank {
         let homeNodes = try await nodesOf(home)
         guard !homeNodes.isEmpty else { throw LedgerError(.notFound, "account \(home) does not exist") }
         for node in homeNodes {
-            guard try await committedEarlier(key: key, hash: hash, on: node) != nil else { continue }
+            guard let earlier = try await committedEarlier(key: key, hash: hash, on: node) else { continue }
             // The balances it left, from its journal entries wherever the accounts lived.
             var balances: [Int64: Money] = [:]
             for account in accounts {
                 for n in try await nodesOf(account) where balances[account] == nil {
-                    let after = try await connections.withConnection(n) { try await AccountSQL.balanceAfter($0, transferID: key, account: account) }
+                    let after = try await connections.withConnection(n) {
+                        try await AccountSQL.balanceAfter($0, transferID: key, attempt: earlier.attempt, account: account)
+                    }
                     if let after { balances[account] = Money(minorUnits: after) }
                 }
             }

@@ -41,6 +41,12 @@ extension Bank {
     func move(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> MovementResult {
         var policy = MovementRetryPolicy()
         var lastCause: (any Error)?
+        // A try collided with a row of this key (1062): maybe an earlier attempt, maybe another request.
+        var collided = false
+        func note(_ cause: any Error) {
+            lastCause = cause
+            if let e = cause as? MariaDBError, e.errorNumber == 1062 { collided = true }
+        }
         let accounts = Set(changes.map(\.0))
         // Every account's place known (seen before, or read by the last try).
         func hints() -> [Int64: Location]? {
@@ -56,10 +62,13 @@ extension Bank {
                 case .done(let result): return result
                 case .notSimple: action = policy.lockFirstNotSimple()
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
-                case .stale(let stale, _): action = policy.lockFirstStale(stale)
+                case .stale(let stale, let cause):
+                    note(cause)
+                    action = policy.lockFirstStale(stale)
                 }
             case .lookForEarlierCommit:
                 if let replay = try await previousOutcome(key: key, home: home, hash: hash, accounts: changes.map(\.0)) { return replay }
+                if collided { try await refuseIfUsedElsewhere(key: key, accounts: changes.map(\.0)) }
                 action = policy.noEarlierCommit()
             case .plan:
                 switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash) {
@@ -67,7 +76,7 @@ extension Bank {
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
                 case .notSimple: action = policy.planStale(.init())
                 case .stale(let stale, let cause):
-                    lastCause = cause
+                    note(cause)
                     logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "stale_plans": "\(policy.stalePlans)", "reason": "\(cause)"])
                     action = policy.planStale(stale)
                 }
@@ -82,6 +91,17 @@ extension Bank {
                 action = policy.backedOff(allLocationsKnown: hints() != nil)
             case .giveUp:
                 throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastCause)
+            }
+        }
+    }
+
+    /// A committed posting of `key` to one of `accounts`, while no committed decision of the key is
+    /// on the home account's nodes, belongs to another request with another home (a participant's
+    /// posting commits only after its decision): the key was used for something else.
+    func refuseIfUsedElsewhere(key: String, accounts: [Int64]) async throws {
+        for account in accounts {
+            for node in try await nodesOf(account) where try await connections.withConnection(node, { try await AccountSQL.postingExists($0, transferID: key, account: account) }) {
+                throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request (one that also moved account \(account))")
             }
         }
     }

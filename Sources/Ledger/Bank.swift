@@ -93,14 +93,23 @@ public final class Bank: Sendable {
     // MARK: writes
 
     /// Opens an account with an opening balance (≥ 0); its id comes from the allocator.
+    ///
+    /// The decision row lives on the node owning the idempotency key's directory range
+    /// (``DirectoryHash/key(forIdempotencyKey:)``), a participant of every opening: the key's earlier
+    /// use is found there whatever balance, and so whatever node, the request names. (Movements keep
+    /// their decision on the home account's node, where the row they lock already is.)
     public func openAccount(customerName: String, balance: Money, idempotencyKey: String) async throws -> Account {
+        try Self.validate(key: idempotencyKey)
         guard balance.minorUnits >= 0 else { throw LedgerError(.invalid, "an opening balance cannot be negative") }
         _ = try newBalance(of: nil, from: 0, adding: balance.minorUnits)
         let maps = try self.maps()
         let range = try maps.accounts.range(for: balance.minorUnits)
+        let keyRange = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: idempotencyKey))
         let hash = requestHash("open", customerName, balance.description)
-        // The same request again: its decision row is on the node its balance maps to.
-        if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
+        let request = (customerName: customerName, balance: balance, range: range)
+        // The same request again. Openings before the key's node held their decisions kept them on
+        // the balance's node: looked at too.
+        if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node, range.node], request: request) { return earlier }
         let id = try await nextAccountID()
         let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
         let row = AccountSQL.Row(accountID: id, customerName: customerName, balance: balance.minorUnits, range: range.id, version: 1,
@@ -117,11 +126,15 @@ public final class Bank: Sendable {
             try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
             try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
         }
+        // The key's node must own the key's range (a stale map is refused there, as for any write).
+        work[keyRange.node, default: []].append { c in
+            try await AccountSQL.fence(c, map: "directory", range: keyRange.id, node: keyRange.node)
+        }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
                                       requestHash: hash, participants: work.keys.sorted(), attempt: attempt)
-        if let cause = try await commit(decision, work: work, commitPoint: range.node) {
+        if let cause = try await commit(decision, work: work, commitPoint: keyRange.node) {
             // A concurrent attempt with the same key may have won: answer as it did.
-            if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, node: range.node) { return earlier }
+            if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node], request: request) { return earlier }
             // Nothing was written and the key is not spent; a stale map is read again for the retry.
             if case .stale(let stale, _) = try classify(cause, kind: "open", key: key, node: range.node), stale.wrongShard {
                 try? await refreshMaps()
@@ -132,12 +145,31 @@ public final class Bank: Sendable {
         return Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node)
     }
 
-    func openedEarlier(key: String, hash: String, node: String) async throws -> Account? {
-        guard let earlier = try await committedEarlier(key: key, hash: hash, on: node) else { return nil }
-        guard let id = earlier.toAccount else {
-            throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+    /// The account an earlier opening with this key made, as it is now — or, while that opening's
+    /// directory entry is still in doubt (its branch prepared, the resolver about to commit it), as
+    /// the opening left it: the first answer, never "no such account".
+    func openedEarlier(key: String, hash: String, nodes: [String],
+                       request: (customerName: String, balance: Money, range: ShardRange)) async throws -> Account? {
+        for node in Set(nodes).sorted() {
+            guard let earlier = try await committedEarlier(key: key, hash: hash, on: node) else { continue }
+            guard let id = earlier.toAccount else {
+                throw LedgerError(.idempotencyConflict, "idempotency key \(key) was already used for a different request")
+            }
+            do {
+                return try await account(id)
+            } catch let error as LedgerError where error.code == .notFound {
+                return Account(id: id, customerName: request.customerName, balance: request.balance, range: request.range.id, node: request.range.node)
+            }
         }
-        return try await account(id)
+        return nil
+    }
+
+    /// Keys are 1–64 bytes (the XA name and the decision row's key); anything else is refused up
+    /// front — never a try that could only fail.
+    static func validate(key: String) throws {
+        guard (1...64).contains(key.utf8.count) else {
+            throw LedgerError(.invalid, "an idempotency key has 1 to 64 bytes, not \(key.utf8.count)")
+        }
     }
 
     /// The committed attempt of this key on `node`, if it is the same request; a committed
@@ -172,6 +204,7 @@ public final class Bank: Sendable {
 
     /// Adds `amount` (> 0) to an account.
     public func deposit(_ id: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        try Self.validate(key: idempotencyKey)
         guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a deposit must be more than 0.00") }
         return try await move(kind: "deposit", key: idempotencyKey, home: id, changes: [(id, amount.minorUnits)],
                               hash: requestHash("deposit", String(id), amount.description))
@@ -179,6 +212,7 @@ public final class Bank: Sendable {
 
     /// Takes `amount` (> 0) from an account; never below zero.
     public func withdraw(_ id: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        try Self.validate(key: idempotencyKey)
         guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a withdrawal must be more than 0.00") }
         return try await move(kind: "withdraw", key: idempotencyKey, home: id, changes: [(id, -amount.minorUnits)],
                               hash: requestHash("withdraw", String(id), amount.description))
@@ -186,6 +220,7 @@ public final class Bank: Sendable {
 
     /// Moves `amount` (> 0) from one account to another, atomically across nodes.
     public func transfer(from: Int64, to: Int64, amount: Money, idempotencyKey: String) async throws -> MovementResult {
+        try Self.validate(key: idempotencyKey)
         guard from != to else { throw LedgerError(.invalid, "a transfer needs two different accounts") }
         guard amount.minorUnits > 0 else { throw LedgerError(.invalid, "a transfer must be more than 0.00") }
         return try await move(kind: "transfer", key: idempotencyKey, home: from, changes: [(from, -amount.minorUnits), (to, amount.minorUnits)],

@@ -116,6 +116,8 @@ public struct LedgerVerifier: Sendable {
         var postings: [PostingRow] = []
         var decisions: [DecisionRow] = []
         var ownership: [OwnershipRow] = []
+        /// Transfer ids (their bytes) with a prepared ShardBank branch on some node.
+        var inDoubt: Set<[UInt8]> = []
 
         /// Every node's rows, or with `account` only that account's rows, postings and directory entry.
         static func read(_ connections: NodeConnections, account: Int64? = nil) async throws -> Snapshot {
@@ -147,6 +149,9 @@ public struct LedgerVerifier: Sendable {
                                                         upper: try r.optionalInt64("upper_bound"), state: try r.string("state"), node: node))
                     }
                     try await c.commit()
+                    if account == nil {
+                        for xid in try await c.xaRecover() where BranchName.parse(xid) != nil { s.inDoubt.insert(Array(xid.gtrid.utf8)) }
+                    }
                 }
             }
             return s
@@ -254,16 +259,20 @@ public struct LedgerVerifier: Sendable {
 
         // Decisions: at most one committed attempt per transfer id cluster-wide; its postings are
         // exactly the ones its kind implies, of its attempt; no posting without a committed attempt.
-        let committed = Dictionary(grouping: s.decisions.filter { $0.state == "committed" }, by: \.transferID)
-        let postingsByTransfer = Dictionary(grouping: s.postings, by: \.transferID)
-        for (id, decisions) in committed.sorted(by: { $0.key < $1.key }) {
+        // Ids are compared as the database does, byte for byte (Swift's String equality would merge
+        // two spellings of one accented key). A transfer with a prepared branch is in flight: the
+        // prepared-branch check judges it (a branch still prepared after the bound is reported).
+        let committed = Dictionary(grouping: s.decisions.filter { $0.state == "committed" }, by: { Array($0.transferID.utf8) })
+        let postingsByTransfer = Dictionary(grouping: s.postings, by: { Array($0.transferID.utf8) })
+        for (bytes, decisions) in committed.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) where !s.inDoubt.contains(bytes) {
+            let id = decisions[0].transferID
             let subject = "transfer \(id)"
             if decisions.count > 1 {
                 found.add(subject, "transfer \(id) has \(decisions.count) committed decisions: " + decisions.map { "attempt \($0.attempt) on \($0.node)" }.sorted().joined(separator: ", "))
                 continue
             }
             let d = decisions[0]
-            let postings = postingsByTransfer[id] ?? []
+            let postings = postingsByTransfer[bytes] ?? []
             for (account, list) in Dictionary(grouping: postings, by: \.account) where list.count > 1 {
                 found.add(subject, "transfer \(id) posts \(list.count) times to account \(account) (on \(list.map(\.node).sorted().joined(separator: ", ")))")
             }
@@ -283,7 +292,8 @@ public struct LedgerVerifier: Sendable {
                 found.add(subject, "a posting of \(id) to account \(p.account) on \(p.node) belongs to attempt \(p.attempt.isEmpty ? "(unnamed)" : p.attempt), not the committed attempt \(d.attempt.isEmpty ? "(unnamed)" : d.attempt)")
             }
         }
-        for (id, postings) in postingsByTransfer.sorted(by: { $0.key < $1.key }) where committed[id] == nil {
+        for (bytes, postings) in postingsByTransfer.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) where committed[bytes] == nil && !s.inDoubt.contains(bytes) {
+            let id = postings[0].transferID
             found.add("transfer \(id)", "postings of \(id) (accounts \(postings.map { String($0.account) }.sorted().joined(separator: ", "))) have no committed decision")
         }
         return found.list

@@ -10,6 +10,16 @@ public enum DirectoryHash {
         Int64(bitPattern: mix64(UInt64(bitPattern: accountID)))
     }
 
+    /// The directory key of an idempotency key: FNV-1a 64 over its UTF-8 bytes (byte for byte, as
+    /// the database compares keys), then the finalizer. It places the decision of an account
+    /// opening on the node owning that directory range, so a key's earlier use is found there
+    /// whatever balance the request carries. Part of the on-disk format too: pinned by tests.
+    public static func key(forIdempotencyKey key: String) -> Int64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in key.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        return Int64(bitPattern: mix64(h))
+    }
+
     /// SplitMix64's finalizer.
     public static func mix64(_ value: UInt64) -> UInt64 {
         var z = value &+ 0x9E37_79B9_7F4A_7C15

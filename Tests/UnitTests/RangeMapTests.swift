@@ -144,6 +144,14 @@ struct DirectoryHashTests {
         #expect(DirectoryHash.mix64(0x9E37_79B9_7F4A_7C15 &* 2) == 0x06C4_5D18_8009_454F)
     }
 
+    @Test("idempotency keys: FNV-1a 64 over the UTF-8 bytes, then the finalizer (values from an independent Python implementation); byte for byte, so NFC and NFD differ")
+    func idempotencyKeys() {
+        #expect(DirectoryHash.key(forIdempotencyKey: "a") == 6_857_225_946_766_476_583)
+        #expect(DirectoryHash.key(forIdempotencyKey: "open-K") == -5_572_698_568_124_330_906)
+        #expect(DirectoryHash.key(forIdempotencyKey: "caf\u{E9}") == 8_708_593_886_905_372_729)
+        #expect(DirectoryHash.key(forIdempotencyKey: "cafe\u{301}") == -4_835_767_638_014_289_238)
+    }
+
     @Test("pinned account keys: changing these misplaces every directory entry")
     func pinned() {
         let pinned: [Int64: Int64] = Dictionary(uniqueKeysWithValues: [1, 2, 42, 1_000_000].map { ($0, DirectoryHash.key(forAccount: $0)) })
