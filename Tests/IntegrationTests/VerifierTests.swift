@@ -21,7 +21,7 @@ private func sql(_ connections: NodeConnections, _ node: String, _ text: String)
 
 @Suite("ctl verify names each broken invariant", .serialized)
 struct VerifierTests {
-    @Test("every check: break the invariant by hand, verify names it, mend it, verify is clean again")
+    @Test("every check: break the invariant by hand, verify names it, mend it, verify is clean again (15 invariants and a stray prepared branch)")
     func eachCheck() async throws {
         try await withBank { _, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")   // node1
@@ -66,6 +66,10 @@ struct VerifierTests {
                  "UPDATE range_ownership SET upper_bound = upper_bound - 1 WHERE map_name = 'accounts' AND range_id = 'a2'", "has bounds"),
                 ("node3", "INSERT INTO range_ownership (map_name, range_id, lower_bound, upper_bound, epoch, state) VALUES ('accounts', 'a1', 0, 1000001, 1, 'active')",
                  "DELETE FROM range_ownership WHERE map_name = 'accounts' AND range_id = 'a1'", "node3 holds accounts range a1 active"),
+                ("node3", "INSERT INTO journal (account_id, transfer_id, attempt, amount, balance_after) VALUES (\(a.id), 'stray', '', 0, 0)",
+                 "DELETE FROM journal WHERE transfer_id = 'stray'", "has postings on node3 that its previous nodes"),
+                ("node1", "INSERT INTO account_info (account_id, customer_name, balance, balance_range) VALUES (\(c.id), 'copy', 0, 'a1')",
+                 "DELETE FROM account_info WHERE account_id = \(c.id)", "account \(c.id) exists on several nodes: node1, node3"),
             ]
             for (node, breaking, mending, phrase) in cases {
                 try await sql(connections, node, breaking)
