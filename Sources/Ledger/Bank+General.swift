@@ -82,7 +82,7 @@ extension Bank {
         var decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
         decision.attempt = attempt
         if let cause = try await commit(decision, work: work, commitPoint: homeNode) {
-            return try classify(cause, kind: kind, key: key, node: homeNode)
+            return try classify(cause)
         }
         return .done(MovementResult(transferID: key, balances: moved.merging(settled.withLock { $0 }) { $1 }, replayed: false))
     }

@@ -50,12 +50,12 @@ extension Bank {
                 }
                 switch outcome {
                 case .committed: break
-                case .rolledBack(let cause): return try classify(cause, kind: kind, key: key, node: commitPoint)
+                case .rolledBack(let cause): return try classify(cause)
                 case .unknown(let error): throw error
                 }
             }
         } catch {
-            return try classify(error, kind: kind, key: key, node: commitPoint)
+            return try classify(error)
         }
         let seen = written.withLock { $0 }
         locations.withLock { l in l.merge(seen.mapValues(\.location)) { $1 } }

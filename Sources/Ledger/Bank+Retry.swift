@@ -20,20 +20,20 @@ extension Bank {
     /// Another attempt of this key committed already.
     struct AlreadyDecided: Error {}
 
-    /// Sorts why a try was rolled back. Final answers (insufficient funds, the ceiling, a node
-    /// down, an outcome unknown, a request refused) are thrown as they are; stale plans, lock waits,
-    /// deadlocks, lost connections and key collisions come back as ``Try`` to try again; anything
-    /// else is thrown as `aborted` (nothing was changed, and the key is not spent).
-    func classify(_ cause: any Error, kind: String, key: String, node: String?) throws -> Try {
+    /// Sorts why a try was rolled back. Stale plans, lock waits, deadlocks, lost connections and key
+    /// collisions come back as ``Try`` to try again. Everything else is final and thrown as it is —
+    /// the ledger's own answers (insufficient funds, the ceiling, a node down, an outcome unknown),
+    /// and errors no retry can cure (a server error that is not transient): the edge maps each to
+    /// what it means, so that "retry" is only ever said where a retry can succeed.
+    func classify(_ cause: any Error) throws -> Try {
         switch cause {
         case is NotSimple: return .notSimple
         case is AlreadyDecided: return .alreadyDecided
         case let stale as PlanStale: return .stale(.init(stillThere: stale.stillThere, wrongShard: stale.wrongShard), cause: stale)
         case let e as MariaDBError where e.isRetryable || e.errorNumber == 1062: return .stale(.init(), cause: e)
         case let e as LedgerError where e.code == .aborted && e.underlying != nil:
-            return try classify(e.underlying!, kind: kind, key: key, node: e.node ?? node)
-        case is LedgerError, is CoordinatorCrash: throw cause
-        default: throw LedgerError(.aborted, "\(kind) \(key) was rolled back: \(cause)", node: node, underlying: cause)
+            return try classify(e.underlying!)
+        default: throw cause
         }
     }
 

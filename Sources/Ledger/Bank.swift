@@ -136,7 +136,7 @@ public final class Bank: Sendable {
             // A concurrent attempt with the same key may have won: answer as it did.
             if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node], request: request) { return earlier }
             // Nothing was written and the key is not spent; a stale map is read again for the retry.
-            if case .stale(let stale, _) = try classify(cause, kind: "open", key: key, node: range.node), stale.wrongShard {
+            if case .stale(let stale, _) = try classify(cause), stale.wrongShard {
                 try? await refreshMaps()
             }
             throw LedgerError(.aborted, "opening the account was rolled back: \(cause)", node: range.node, underlying: cause)

@@ -5,27 +5,6 @@ import Sharding
 import Synchronization
 import Testing
 
-/// A second coordinator over the same nodes that dies (drops its connections without a word, as a
-/// killed process would) when two-phase commit reaches `step`.
-private func crashingBank(_ connections: NodeConnections, at step: @escaping @Sendable (TwoPhaseStep) -> Bool) -> Bank {
-    let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
-    return Bank(connections: connections, maps: { maps }, nextAccountID: { throw LedgerError(.invalid, "this coordinator opens no accounts") },
-                logger: testLogger, faults: { if step($0) { throw CoordinatorCrash() } })
-}
-
-/// Runs `body` while an in-doubt resolver passes over every node every 100 ms (branches older than 300 ms).
-private func withResolver<T: Sendable>(_ connections: NodeConnections, _ body: () async throws -> T) async throws -> T {
-    let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(300), interval: .milliseconds(100), logger: testLogger)
-    let task = Task {
-        while !Task.isCancelled {
-            await resolver.resolveOnce()
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-    }
-    defer { task.cancel() }
-    return try await body()
-}
-
 /// Retries `operation` while it answers a retryable error (as a client told 503 would), up to 40 times.
 private func retrying(_ operation: () async throws -> MovementResult) async throws -> MovementResult {
     var last: (any Error)?
@@ -36,17 +15,6 @@ private func retrying(_ operation: () async throws -> MovementResult) async thro
         }
     }
     throw last!
-}
-
-private func preparedBranches(_ connections: NodeConnections) async throws -> Int {
-    var n = 0
-    for node in connections.nodes { n += try await connections.withConnection(node) { try await $0.xaRecover() }.count }
-    return n
-}
-
-private func waitUntilNothingPrepared(_ connections: NodeConnections) async throws {
-    for _ in 0..<150 where try await preparedBranches(connections) > 0 { try await Task.sleep(for: .milliseconds(100)) }
-    #expect(try await preparedBranches(connections) == 0, "prepared branches left behind")
 }
 
 /// Which node the participant is on relative to the commit point (the home account's node).
@@ -74,7 +42,7 @@ struct ExactlyOnceTests {
             await #expect(throws: CoordinatorCrash.self) {
                 _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K1")
             }
-            #expect(try await preparedBranches(connections) == 1) // decided committed, participant still prepared
+            #expect(try await preparedCount(connections) == 1) // decided committed, participant still prepared
             // The retry arrives at once, at a coordinator that has seen both accounts too.
             let result = try await withResolver(connections) {
                 let result = try await retrying { try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K1") }
@@ -116,7 +84,7 @@ struct ExactlyOnceTests {
             } catch let error as LedgerError {
                 Issue.record("the dying attempt answered \(error) instead of dying")
             }
-            #expect(try await preparedBranches(connections) == 1, "the later attempt left no prepared branch: the case is not set up")
+            #expect(try await preparedCount(connections) == 1, "the later attempt left no prepared branch: the case is not set up")
             try await withResolver(connections) { try await waitUntilNothingPrepared(connections) }
             #expect(try await bank.account(other.id).balance == otherBefore, "the later attempt's branch was committed: money created")
             #expect(try await bank.account(home.id).balance == homeBefore)

@@ -11,36 +11,6 @@ import Testing
 
 private let attackMaps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
 
-/// A second coordinator over the same nodes that dies (drops its connections, as a killed process
-/// would) when two-phase commit reaches a step `crashAt` accepts. `nextID` gives the ids it opens.
-private func dyingCoordinator(_ connections: NodeConnections, nextID: @escaping @Sendable () -> Int64 = { -1 },
-                              crashAt: @escaping @Sendable (TwoPhaseStep) -> Bool) -> Bank {
-    Bank(connections: connections, maps: { attackMaps }, nextAccountID: { nextID() }, logger: testLogger,
-         faults: { if crashAt($0) { throw CoordinatorCrash() } })
-}
-
-private func preparedCount(_ connections: NodeConnections) async throws -> Int {
-    var n = 0
-    for node in connections.nodes { n += try await connections.withConnection(node) { try await $0.xaRecover() }.count }
-    return n
-}
-
-/// An in-doubt resolver passing over every node every `interval`, until the returned task is cancelled.
-private func startResolver(_ connections: NodeConnections, minimumAge: Duration, interval: Duration = .milliseconds(200)) -> Task<Void, Never> {
-    let resolver = InDoubtResolver(connections: connections, minimumAge: minimumAge, interval: interval, logger: testLogger)
-    return Task {
-        while !Task.isCancelled {
-            await resolver.resolveOnce()
-            try? await Task.sleep(for: interval)
-        }
-    }
-}
-
-private func waitUntilNoBranch(_ connections: NodeConnections) async throws {
-    for _ in 0..<150 where try await preparedCount(connections) > 0 { try await Task.sleep(for: .milliseconds(100)) }
-    #expect(try await preparedCount(connections) == 0, "prepared branches left behind")
-}
-
 private func verify(_ connections: NodeConnections) async throws -> LedgerVerifier.Report {
     try await LedgerVerifier(connections: connections, maps: attackMaps).run(xaBound: .seconds(10), settle: .seconds(2))
 }
@@ -132,7 +102,7 @@ struct ProtocolAttackTests {
             var id: Int64 = 7_000_000
             while try attackMaps.directory.range(for: DirectoryHash.key(forAccount: id)).node != "node3" { id += 1 }
             let fixed = id
-            let dying = dyingCoordinator(connections, nextID: { fixed }) { $0 == .decided }
+            let dying = crashingBank(connections, nextID: { fixed }) { $0 == .decided }
             await #expect(throws: CoordinatorCrash.self) {
                 _ = try await dying.openAccount(customerName: "Dee", balance: money("100.00"), idempotencyKey: "open-doubt")
             }
@@ -149,7 +119,7 @@ struct ProtocolAttackTests {
             }
             let resolver = startResolver(connections, minimumAge: .milliseconds(300))
             defer { resolver.cancel() }
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
             #expect(try await bank.openAccount(customerName: "Dee", balance: money("100.00"), idempotencyKey: "open-doubt").id == fixed)
         }
     }
@@ -162,7 +132,7 @@ struct ProtocolAttackTests {
         try await withBank { _, bank, connections in
             let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
             let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
-            let dying = dyingCoordinator(connections) { $0 == .decided }
+            let dying = crashingBank(connections) { $0 == .decided }
             _ = (try await dying.account(home.id), try await dying.account(other.id))
             await #expect(throws: CoordinatorCrash.self) {
                 _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "replay-K")
@@ -173,7 +143,7 @@ struct ProtocolAttackTests {
             #expect(replay.balances[other.id] == money("20001.00"), "the replay answered balances \(replay.balances)")
             let resolver = startResolver(connections, minimumAge: .milliseconds(300))
             defer { resolver.cancel() }
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
         }
     }
 
@@ -203,7 +173,7 @@ struct ProtocolAttackTests {
             let answers = [await first, retried]
             let applied = answers.compactMap { try? $0.get() }.filter { !$0.replayed }.count
             #expect(applied == 1, "answers: \(answers)")
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
             #expect(try await bank.account(home.id).balance == money("19999.00"))
             #expect(try await bank.account(other.id).balance == money("101.00"))
             let report = try await verify(connections)
@@ -241,7 +211,7 @@ struct ProtocolAttackTests {
             await blocker.close()
             let result = await answer
             let presumed = resolutions.withLock { $0 }.filter { $0.transferID == "alive-K" }
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
             let home1 = try await bank.account(home.id).balance, other1 = try await bank.account(other.id).balance
             switch result {
             case .success(let r):
@@ -269,7 +239,7 @@ struct ProtocolAttackTests {
         try await withBank { cluster, bank, connections in
             let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
             let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
-            let dying = dyingCoordinator(connections) { $0 == .decided }
+            let dying = crashingBank(connections) { $0 == .decided }
             _ = (try await dying.account(home.id), try await dying.account(other.id))
             await #expect(throws: CoordinatorCrash.self) {
                 _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "down-K")
@@ -302,7 +272,7 @@ struct ProtocolAttackTests {
             }
             let home = try await bank.openAccount(customerName: "Home", balance: money(h), idempotencyKey: "o-home")
             let other = try await bank.openAccount(customerName: "Other", balance: money(o), idempotencyKey: "o-other")
-            let dying = dyingCoordinator(connections) { s in
+            let dying = crashingBank(connections) { s in
                 switch (step, s) {
                 case ("prepared", .prepared), ("beforeDecision", .beforeDecision), ("decided", .decided): return true
                 default: return false
@@ -323,7 +293,7 @@ struct ProtocolAttackTests {
             }
             guard case .success(let r) = retry else { Issue.record("the retry never succeeded: \(retry)"); return }
             #expect(r.replayed == (step == "decided"), "replayed \(r.replayed) after a crash at \(step)")
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
             #expect(try await bank.account(home.id).balance.minorUnits == money(h).minorUnits - 100)
             #expect(try await bank.account(other.id).balance.minorUnits == money(o).minorUnits + 100)
             let again = try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "M")
@@ -343,7 +313,7 @@ struct ProtocolAttackTests {
         try await withBank { _, bank, connections in
             let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
             let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
-            let dying = dyingCoordinator(connections) { $0 == .decided }
+            let dying = crashingBank(connections) { $0 == .decided }
             _ = (try await dying.account(home.id), try await dying.account(other.id))
             await #expect(throws: CoordinatorCrash.self) {
                 _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "doubt-K")
@@ -354,7 +324,7 @@ struct ProtocolAttackTests {
             defer { resolver.cancel() }
             let report = try await verify(connections)
             #expect(report.clean, "\(report.summary)")
-            try await waitUntilNoBranch(connections)
+            try await waitUntilNothingPrepared(connections)
             let after = try await verify(connections)
             #expect(after.clean, "\(after.summary)")
             #expect(try await bank.account(other.id).balance == money("20001.00"))

@@ -2,7 +2,7 @@ import Admin
 import ClusterMetadata
 import Etcd
 import Foundation
-import Ledger
+@_spi(FaultInjection) import Ledger
 import LocalCluster
 import Logging
 import MariaDB
@@ -156,3 +156,44 @@ func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void
 }
 
 func money(_ text: String) -> Money { try! Money(parsing: text) }
+
+/// A second coordinator over the same nodes (seed maps) that dies — drops its connections without a
+/// word, as a killed process would — when two-phase commit reaches a step `step` accepts. `nextID`
+/// gives the ids of the accounts it opens.
+func crashingBank(_ connections: NodeConnections, nextID: @escaping @Sendable () -> Int64 = { -1 },
+                  at step: @escaping @Sendable (TwoPhaseStep) -> Bool) -> Bank {
+    let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+    return Bank(connections: connections, maps: { maps }, nextAccountID: { nextID() }, logger: testLogger,
+                faults: { if step($0) { throw CoordinatorCrash() } })
+}
+
+/// Prepared XA branches over every node.
+func preparedCount(_ connections: NodeConnections) async throws -> Int {
+    var n = 0
+    for node in connections.nodes { n += try await connections.withConnection(node) { try await $0.xaRecover() }.count }
+    return n
+}
+
+/// Waits (at most 15 s) until no branch is prepared on any node; records an issue otherwise.
+func waitUntilNothingPrepared(_ connections: NodeConnections) async throws {
+    for _ in 0..<150 where try await preparedCount(connections) > 0 { try await Task.sleep(for: .milliseconds(100)) }
+    #expect(try await preparedCount(connections) == 0, "prepared branches left behind")
+}
+
+/// An in-doubt resolver passing over every node every `interval`, until the returned task is cancelled.
+func startResolver(_ connections: NodeConnections, minimumAge: Duration, interval: Duration = .milliseconds(100)) -> Task<Void, Never> {
+    let resolver = InDoubtResolver(connections: connections, minimumAge: minimumAge, interval: interval, logger: testLogger)
+    return Task {
+        while !Task.isCancelled {
+            await resolver.resolveOnce()
+            try? await Task.sleep(for: interval)
+        }
+    }
+}
+
+/// Runs `body` while a resolver passes over every node every 100 ms (branches older than 300 ms).
+func withResolver<T: Sendable>(_ connections: NodeConnections, _ body: () async throws -> T) async throws -> T {
+    let task = startResolver(connections, minimumAge: .milliseconds(300))
+    defer { task.cancel() }
+    return try await body()
+}
