@@ -34,14 +34,8 @@ struct ExactlyOnceTests {
     @Test("a same-key retry while the first attempt's committed branch is still prepared moves money once (case 1)", arguments: ParticipantSide.allCases)
     func retryDoesNotUndoCommittedBranch(side: ParticipantSide) async throws {
         try await withBank { _, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money(side.balances.home), idempotencyKey: "o-home")
-            let other = try await bank.openAccount(customerName: "Other", balance: money(side.balances.other), idempotencyKey: "o-other")
+            let (home, other) = try await crashedTransfer(bank, connections, home: side.balances.home, other: side.balances.other, key: "K1", at: .decided)
             #expect(home.node != other.node)
-            let dying = crashingBank(connections) { $0 == .decided }
-            _ = (try await dying.account(home.id), try await dying.account(other.id)) // it has seen both accounts: the lock-first path
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K1")
-            }
             #expect(try await preparedCount(connections) == 1) // decided committed, participant still prepared
             // The retry arrives at once, at a coordinator that has seen both accounts too.
             let result = try await withResolver(connections) {
@@ -96,13 +90,7 @@ struct ExactlyOnceTests {
     @Test("an attempt recorded aborted does not spend its key: the retry the 503 promised succeeds (case 4)", arguments: ParticipantSide.allCases)
     func abortedAttemptDoesNotSpendKey(side: ParticipantSide) async throws {
         try await withBank { _, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money(side.balances.home), idempotencyKey: "o-home")
-            let other = try await bank.openAccount(customerName: "Other", balance: money(side.balances.other), idempotencyKey: "o-other")
-            let dying = crashingBank(connections) { $0 == .beforeDecision }
-            _ = (try await dying.account(home.id), try await dying.account(other.id))
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K4")
-            }
+            let (home, other) = try await crashedTransfer(bank, connections, home: side.balances.home, other: side.balances.other, key: "K4", at: .beforeDecision)
             // The resolver presumes abort and records it.
             try await withResolver(connections) { try await waitUntilNothingPrepared(connections) }
             #expect(try await bank.transferRecord("K4").state == "aborted")
@@ -119,13 +107,7 @@ struct ExactlyOnceTests {
     @Test("a retry after the home account moved while the first attempt was unresolved: one answer, committed once (case 5)")
     func retryAfterHomeMoved() async throws {
         try await withBank { _, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
-            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
-            let dying = crashingBank(connections) { $0 == .beforeDecision }
-            _ = (try await dying.account(home.id), try await dying.account(other.id))
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "K5")
-            }
+            let (home, other) = try await crashedTransfer(bank, connections, home: "20000.00", other: "100.00", key: "K5", at: .beforeDecision)
             try await withResolver(connections) {
                 // The home account moves to node3 while the first attempt is in doubt.
                 _ = try await retrying { try await bank.deposit(home.id, amount: money("40000.00"), idempotencyKey: "move-home") }

@@ -130,13 +130,7 @@ struct ProtocolAttackTests {
     @Test("transfer: the replay of a committed transfer whose participant is still prepared reports both balances")
     func replayWhileParticipantInDoubt() async throws {
         try await withBank { _, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
-            let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
-            let dying = crashingBank(connections) { $0 == .decided }
-            _ = (try await dying.account(home.id), try await dying.account(other.id))
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "replay-K")
-            }
+            let (home, other) = try await crashedTransfer(bank, connections, home: "500.00", other: "20000.00", key: "replay-K", at: .decided)
             let replay = try await bank.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "replay-K")
             #expect(replay.replayed)
             #expect(replay.balances[home.id] == money("499.00"))
@@ -237,13 +231,7 @@ struct ProtocolAttackTests {
     @Test("a resolver whose commit point is down leaves the branch prepared")
     func resolverCommitPointDown() async throws {
         try await withBank { cluster, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money("20000.00"), idempotencyKey: "o-home") // node2
-            let other = try await bank.openAccount(customerName: "Other", balance: money("100.00"), idempotencyKey: "o-other") // node1
-            let dying = crashingBank(connections) { $0 == .decided }
-            _ = (try await dying.account(home.id), try await dying.account(other.id))
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "down-K")
-            }
+            try await crashedTransfer(bank, connections, home: "20000.00", other: "100.00", key: "down-K", at: .decided)
             try cluster.kill("node2")
             let resolver = InDoubtResolver(connections: connections, minimumAge: .milliseconds(100), interval: .milliseconds(100), logger: testLogger)
             var resolved: [InDoubtResolver.Resolution] = []
@@ -311,13 +299,7 @@ struct ProtocolAttackTests {
     @Test("verify during an in-doubt transfer that the resolver finishes within the XA bound reports no violation")
     func verifyDuringInDoubt() async throws {
         try await withBank { _, bank, connections in
-            let home = try await bank.openAccount(customerName: "Home", balance: money("500.00"), idempotencyKey: "o-home") // node1
-            let other = try await bank.openAccount(customerName: "Other", balance: money("20000.00"), idempotencyKey: "o-other") // node2
-            let dying = crashingBank(connections) { $0 == .decided }
-            _ = (try await dying.account(home.id), try await dying.account(other.id))
-            await #expect(throws: CoordinatorCrash.self) {
-                _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: "doubt-K")
-            }
+            let (_, other) = try await crashedTransfer(bank, connections, home: "500.00", other: "20000.00", key: "doubt-K", at: .decided)
             // A resolver that finishes the branch ~3 s after it is first seen: well inside verify's 10 s bound
             // (serve's own — 2 s age, 1 s passes — lands between 2 and 3 s: the same race, less often lost).
             let resolver = startResolver(connections, minimumAge: .seconds(3))

@@ -197,3 +197,18 @@ func withResolver<T: Sendable>(_ connections: NodeConnections, _ body: () async 
     defer { task.cancel() }
     return try await body()
 }
+
+/// Opens a home (debited) account and another, then lets a second coordinator that has seen both
+/// (so it takes the lock-first path) die at `step` while moving 1.00 from home to the other with `key`.
+@discardableResult
+func crashedTransfer(_ bank: Bank, _ connections: NodeConnections, home homeBalance: String, other otherBalance: String,
+                     key: String, at step: TwoPhaseStep) async throws -> (home: Account, other: Account) {
+    let home = try await bank.openAccount(customerName: "Home", balance: money(homeBalance), idempotencyKey: "o-home")
+    let other = try await bank.openAccount(customerName: "Other", balance: money(otherBalance), idempotencyKey: "o-other")
+    let dying = crashingBank(connections) { $0 == step }
+    _ = (try await dying.account(home.id), try await dying.account(other.id))
+    await #expect(throws: CoordinatorCrash.self) {
+        _ = try await dying.transfer(from: home.id, to: other.id, amount: money("1.00"), idempotencyKey: key)
+    }
+    return (home, other)
+}
