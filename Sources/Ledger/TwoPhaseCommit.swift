@@ -132,10 +132,10 @@ public struct TwoPhaseCommit: Sendable {
                         }
                         leased[i] = Leased(pool: pool, connection: connection)
                         if i == point {
-                            try await connection.begin()
+                            try await onThread(connection) { try await connection.begin() }
                         } else {
                             let xid = BranchName.xid(transferID: transferID, attempt: decision.attempt, participant: branch.node, commitPoint: commitPoint)
-                            try await connection.xaStart(xid)
+                            try await onThread(connection) { try await connection.xaStart(xid) }
                             leased[i]?.xid = xid
                         }
                         action = machine.started(i)
@@ -145,7 +145,8 @@ public struct TwoPhaseCommit: Sendable {
                     }
                 case .work(let i):
                     do {
-                        try await branches[i].work(leased[i]!.connection)
+                        let connection = leased[i]!.connection, work = branches[i].work
+                        try await onThread(connection) { try await work(connection) }
                         action = machine.workDone(i)
                     } catch {
                         note(error)
@@ -153,7 +154,7 @@ public struct TwoPhaseCommit: Sendable {
                     }
                 case .prepareInBackground(let i):
                     let connection = leased[i]!.connection, xid = leased[i]!.xid!, node = branches[i].node, faults = self.faults
-                    prepares.addTask {
+                    prepares.addTask(executorPreference: connection.executor) {
                         do {
                             try await connection.xaEnd(xid)
                             try await connection.xaPrepare(xid)
@@ -166,7 +167,8 @@ public struct TwoPhaseCommit: Sendable {
                     action = machine.launched()
                 case .writeDecision:
                     do {
-                        try await decide(leased[point]!.connection)
+                        let connection = leased[point]!.connection
+                        try await onThread(connection) { try await decide(connection) }
                         action = machine.decisionWritten()
                     } catch {
                         note(error)
@@ -183,7 +185,8 @@ public struct TwoPhaseCommit: Sendable {
                 case .commitDecision:
                     if await crashes(at: .beforeDecision) { action = machine.crashed(); continue }
                     do {
-                        try await leased[point]!.connection.commit()
+                        let connection = leased[point]!.connection
+                        try await onThread(connection) { try await connection.commit() }
                         if await crashes(at: .decided) { action = machine.crashed(); continue }
                         action = machine.decisionCommitted()
                     } catch {
@@ -205,7 +208,8 @@ public struct TwoPhaseCommit: Sendable {
                     }
                 case .commitParticipant(let i):
                     do {
-                        try await leased[i]!.connection.xaCommit(leased[i]!.xid!)
+                        let connection = leased[i]!.connection, xid = leased[i]!.xid!
+                        try await onThread(connection) { try await connection.xaCommit(xid) }
                         action = machine.participantCommitted(i)
                     } catch {
                         logger.warning("participant not committed yet; the in-doubt resolver will finish it",
@@ -247,6 +251,12 @@ public struct TwoPhaseCommit: Sendable {
                 }
             }
         }
+    }
+
+    /// Runs `body` on the connection's own thread: its driver calls then run inline instead of each
+    /// hopping to that thread and back (as the single-node path's local transactions do).
+    private func onThread<T>(_ connection: MariaDBConnection, _ body: () async throws -> T) async throws -> T {
+        try await withTaskExecutorPreference(connection.executor) { try await body() }
     }
 
     /// Asks the test's crash point, if any, whether the coordinator dies at `step`.
