@@ -15,11 +15,16 @@ public struct LedgerBenchmark: Sendable {
         /// The share of transfers whose two accounts are on different nodes (0…1).
         public var crossNode: Double
         public var accountsPerNode: Int
-        public init(clients: Int, duration: Duration, crossNode: Double, accountsPerNode: Int = 100) {
+        /// ``xaAnchor`` only: run each node's part of a cross-node transfer with its connection's
+        /// executor preferred (one thread hop per change of node); false hops to the connection's thread
+        /// and back for every statement, as a caller on the cooperative pool does.
+        public var anchorPrefersConnectionExecutor: Bool
+        public init(clients: Int, duration: Duration, crossNode: Double, accountsPerNode: Int = 100, anchorPrefersConnectionExecutor: Bool = true) {
             self.clients = clients
             self.duration = duration
             self.crossNode = crossNode
             self.accountsPerNode = accountsPerNode
+            self.anchorPrefersConnectionExecutor = anchorPrefersConnectionExecutor
         }
     }
 
@@ -124,7 +129,7 @@ public struct LedgerBenchmark: Sendable {
     /// then `XA COMMIT` on node2. Every transfer visits node2 first, so the branches cannot wait on each
     /// other across nodes. Deposits, reads and same-node transfers are ``baseline``'s statements on
     /// the account's node. Each part runs with its connection's executor preferred (one thread hop
-    /// per change of node). Scratch tables on both nodes as in ``baseline``: `accountsPerNode` rows on
+    /// per change of node) unless ``Options/anchorPrefersConnectionExecutor`` is false. Scratch tables on both nodes as in ``baseline``: `accountsPerNode` rows on
     /// each (ids 1…n on node1, n+1…2n on node2), dropped afterwards. Branches use their own XA format
     /// id, which the ledger's in-doubt resolver ignores; any left prepared are finished before the drop.
     public static func xaAnchor(commitPoint: MariaDBConfiguration, participant: MariaDBConfiguration, options: Options,
@@ -138,6 +143,11 @@ public struct LedgerBenchmark: Sendable {
         let pointPool = MariaDBPool(configuration: commitPoint, options: .init(maxConnections: options.clients), logger: logger)
         let participantPool = MariaDBPool(configuration: participant, options: .init(maxConnections: options.clients), logger: logger)
         @Sendable func pool(of account: Int64) -> MariaDBPool { account > n ? participantPool : pointPool }
+        let prefer = options.anchorPrefersConnectionExecutor
+        /// `body` with `c`'s executor preferred, or as it comes (see ``Options/anchorPrefersConnectionExecutor``).
+        @Sendable func on(_ c: MariaDBConnection, _ body: () async throws -> Void) async throws {
+            if prefer { try await withTaskExecutorPreference(c.executor, operation: body) } else { try await body() }
+        }
 
         @Sendable func crossTransfer(from: Int64, to: Int64, amount: Money, key: String) async throws {
             let changes = [(from, -amount.minorUnits), (to, amount.minorUnits)]
@@ -147,7 +157,7 @@ public struct LedgerBenchmark: Sendable {
                 try await pointPool.withConnection { c in
                     var step = AnchorStep.none
                     do {
-                        try await withTaskExecutorPreference(p.executor) {
+                        try await on(p) {
                             try await p.xaStart(xid)
                             step = .started
                             try await apply(p, remote, key: key)
@@ -155,7 +165,7 @@ public struct LedgerBenchmark: Sendable {
                             step = .ended
                             try await p.xaPrepare(xid)
                         }
-                        try await withTaskExecutorPreference(c.executor) {
+                        try await on(c) {
                             try await c.begin()
                             do {
                                 try await apply(c, local, key: key)
@@ -167,7 +177,7 @@ public struct LedgerBenchmark: Sendable {
                             }
                         }
                         step = .decided
-                        try await withTaskExecutorPreference(p.executor) { try await p.xaCommit(xid) }
+                        try await on(p) { try await p.xaCommit(xid) }
                     } catch {
                         switch step {
                         case .none: break

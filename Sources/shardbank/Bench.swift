@@ -41,6 +41,9 @@ struct Bench: AsyncParsableCommand {
         @Flag(help: ArgumentHelp("Also run the same mix as plain SQL with XA between node1 and node2 (the cross-node anchor), for the ratio.",
                                  discussion: "The anchor's cross-node transfers: on node2 XA START, SELECT … FOR UPDATE, UPDATE, posting INSERT, XA END, XA PREPARE; on node1 BEGIN, lock, UPDATE, posting INSERT, decision row INSERT, COMMIT; then XA COMMIT on node2. Scratch tables on both nodes."))
         var xaAnchor = false
+        @Flag(help: ArgumentHelp("With --xa-anchor: run the anchor's XA transfers without preferring each connection's executor.",
+                                 discussion: "Every statement then hops to its connection's thread and back, as a caller on Swift's cooperative pool does (the ledger's two-phase commit today): measures what those hops cost."))
+        var anchorPerCallHops = false
 
         func validate() throws {
             guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
@@ -70,7 +73,8 @@ struct Bench: AsyncParsableCommand {
                         }
                         accounts = only
                     }
-                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode)
+                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode,
+                                                          anchorPrefersConnectionExecutor: !anchorPerCallHops)
                     let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
                     let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
                     try await client.shutdown()
@@ -92,7 +96,7 @@ struct Bench: AsyncParsableCommand {
                             commitPoint: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
                             participant: configuration.mariaDB(node: node2.id, host: node2.host, port: node2.port, database: node2.database, tlsMode: node2.tlsMode),
                             options: options, logger: logger, progress: progress)
-                        try printSummary(anchor, label: "anchor plain SQL + XA node1/node2 clients=\(clients) cross-node=\(crossNode)", json: common.json)
+                        try printSummary(anchor, label: "anchor plain SQL + XA node1/node2\(anchorPerCallHops ? " (per-call hops)" : "") clients=\(clients) cross-node=\(crossNode)", json: common.json)
                         if !common.json { print(String(format: "ratio ledger/anchor: %.2f", summary.throughput / max(anchor.throughput, 1))) }
                     }
                 } catch {
