@@ -19,6 +19,7 @@ if [ -z "${URL:-}" ]; then
   SERVE_PID=$(python3 -c "import json; print(json.load(open('$dir/cluster.json'))['api']['pid'])")
 else
   work=$(mktemp -d /tmp/shardbank-http-XXXXXX)
+  trap 'rm -rf "$work"' EXIT
 fi
 echo "$(machine); $(date -u '+%Y-%m-%d %H:%M UTC'); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Accounts in the middle of each node's first range (seed layout: node1 [0, 10000.01),
