@@ -129,9 +129,10 @@ public struct LedgerBenchmark: Sendable {
     /// then `XA COMMIT` on node2. Every transfer visits node2 first, so the branches cannot wait on each
     /// other across nodes. Deposits, reads and same-node transfers are ``baseline``'s statements on
     /// the account's node. Each part runs with its connection's executor preferred (one thread hop
-    /// per change of node) unless ``Options/anchorPrefersConnectionExecutor`` is false. Scratch tables on both nodes as in ``baseline``: `accountsPerNode` rows on
-    /// each (ids 1…n on node1, n+1…2n on node2), dropped afterwards. Branches use their own XA format
-    /// id, which the ledger's in-doubt resolver ignores; any left prepared are finished before the drop.
+    /// per change of node) unless ``Options/anchorPrefersConnectionExecutor`` is false. Scratch
+    /// tables on both nodes as in ``baseline``: `accountsPerNode` rows on each (ids 1…n on node1,
+    /// n+1…2n on node2), dropped afterwards. Branches use their own XA format id, which the ledger's
+    /// in-doubt resolver ignores; any left prepared are finished before the drop.
     public static func xaAnchor(commitPoint: MariaDBConfiguration, participant: MariaDBConfiguration, options: Options,
                                 logger: Logger, progress: (@Sendable (String) -> Void)?) async throws -> LatencySummary {
         let n = Int64(max(options.accountsPerNode, 2))
