@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ledger's TPC-B-like load against plain SQL, the figures of docs/BENCHMARKS.md ("Ledger").
-# Usage: bench/ledger.sh [SECONDS] (default 15). Needs a release build; runs about 12 × SECONDS.
+# Usage: bench/ledger.sh [SECONDS] (default 15). Needs a release build; runs about 15 × SECONDS.
 # One throw-away cluster (3 nodes, 1 etcd member, the service started by demo up) for all runs.
 set -euo pipefail
 duration="${1:-15}"
@@ -13,7 +13,8 @@ run --clients 16 --cross-node 0 --only-node node1 --baseline   # same node, same
 run --clients 16 --cross-node 0 --only-node node1 --baseline
 run --clients 16 --cross-node 0 --baseline                     # spread over three nodes
 run --clients 16 --cross-node 0.5 --baseline                   # the 0.4× goal
-run --clients 16 --cross-node 1
+run --clients 16 --cross-node 1 --xa-anchor                    # all across, against plain SQL + XA on node1/node2
+run --clients 1 --cross-node 1 --xa-anchor
 run --clients 16 --cross-node 0 --http
 run --clients 16 --cross-node 0.5 --http
 run --clients 64 --cross-node 0.5 --http

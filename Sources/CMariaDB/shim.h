@@ -12,4 +12,14 @@ static inline int shardbank_mysql_library_init(void) {
 static inline void shardbank_mysql_library_end(void) {
     mysql_library_end();
 }
+
+/* Names the calling thread (Linux keeps 15 bytes); prctl is variadic, invisible to Swift. */
+#if defined(__linux__)
+#include <sys/prctl.h>
+static inline void shardbank_set_thread_name(const char *name) {
+    (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+#else
+static inline void shardbank_set_thread_name(const char *name) { (void)name; }
+#endif
 #endif

@@ -1,3 +1,4 @@
+import CMariaDB
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -25,9 +26,14 @@ final class ConnectionThread: TaskExecutor, @unchecked Sendable {
     private var queue: [Work] = []
     private var head = 0
     private var stopping = false
+    /// Whether the thread is (about to be) blocked in `pthread_cond_wait`; only then does a push signal.
+    private var sleeping = false
     private var thread = pthread_t()
+    /// The thread's name as `top -H`, `pidstat -t` and `perf` show it (Linux keeps 15 bytes).
+    private let name: String
 
     init(name: String) {
+        self.name = String(decoding: name.utf8.prefix(15).filter { $0 >= 0x20 && $0 < 0x7F }, as: UTF8.self)
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&condition, nil)
         let box = Unmanaged.passRetained(self)
@@ -42,7 +48,6 @@ final class ConnectionThread: TaskExecutor, @unchecked Sendable {
         pthread_attr_destroy(&attributes)
         precondition(rc == 0, "cannot start a connection thread: \(rc)")
         pthread_detach(thread)
-        _ = name
     }
 
     deinit {
@@ -70,17 +75,30 @@ final class ConnectionThread: TaskExecutor, @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
+    /// Queues `work`. The signal goes out after the unlock, and only to a sleeping thread: signalled
+    /// under the lock, the woken thread would find the mutex still held and block once more on it (a
+    /// second context switch per hop); a busy thread needs no signal (no futex call) — it takes the work
+    /// before it next sleeps. A waiter that set `sleeping` under the mutex is inside `pthread_cond_wait`
+    /// by the time a pusher can read the flag, so the signal cannot be lost.
     private func push(_ work: Work) {
         pthread_mutex_lock(&mutex)
         queue.append(work)
-        pthread_cond_signal(&condition)
+        let wake = sleeping
         pthread_mutex_unlock(&mutex)
+        if wake { pthread_cond_signal(&condition) }
     }
 
     private func loop() {
+        // Without a name it inherits its creator's (often a Swift pool thread's): profiles could not
+        // tell the driver's threads from the pool's.
+        shardbank_set_thread_name(name)
         while true {
             pthread_mutex_lock(&mutex)
-            while head == queue.count && !stopping { pthread_cond_wait(&condition, &mutex) }
+            while head == queue.count && !stopping {
+                sleeping = true
+                pthread_cond_wait(&condition, &mutex)
+                sleeping = false
+            }
             if head == queue.count && stopping {
                 pthread_mutex_unlock(&mutex)
                 return

@@ -22,24 +22,36 @@ struct Bench: AsyncParsableCommand {
                 10 % reads, on accounts opened for the run in the middle of each node's range. Through the \
                 library (in this process) or, with --http, through the running service's API. With \
                 --baseline, the same mix then runs as plain SQL on node1 — the ledger's single-node \
-                statements without routing, fence or two-phase commit, on scratch tables — for the ratio.
+                statements without routing, fence or two-phase commit, on scratch tables — for the ratio. \
+                With --xa-anchor, the same mix runs as plain SQL on node1 and node2, its cross-node \
+                transfers (the same --cross-node share) with XA two-phase commit — node2 the prepared \
+                participant, node1 the commit point with the decision row — for the ratio of the \
+                ledger's cross-node path (e.g. --cross-node 1 --xa-anchor).
                 """)
         @OptionGroup var options: ConfigOptions
         @OptionGroup var common: Common
         @Option(help: "Concurrent clients.") var clients = 16
         @Option(help: "Share of transfers across nodes, 0 to 1.") var crossNode = 0.5
         @Option(help: "Accounts opened per node for the run.") var accountsPerNode = 100
-        @Option(help: ArgumentHelp("Run the mix only on this node's accounts (needs --cross-node 0).",
-                                   discussion: "With --baseline on node1, --only-node node1 compares the ledger and plain SQL on the same node."))
+        @Option(help: ArgumentHelp("Run the mix only on these nodes' accounts (comma-separated; one node needs --cross-node 0).",
+                                   discussion: "With --baseline on node1, --only-node node1 compares the ledger and plain SQL on the same node; with --xa-anchor, --only-node node1,node2 runs the ledger on the anchor's two nodes."))
         var onlyNode: String?
         @Flag(help: "Go through the HTTP API of the running service (http.host:http.port).") var http = false
         @Flag(help: "Also run the same mix as plain SQL on node1, for the ratio.") var baseline = false
+        @Flag(help: ArgumentHelp("Also run the same mix as plain SQL with XA between node1 and node2 (the cross-node anchor), for the ratio.",
+                                 discussion: "The anchor's cross-node transfers: on node2 XA START, SELECT … FOR UPDATE, UPDATE, posting INSERT, XA END, XA PREPARE; on node1 BEGIN, lock, UPDATE, posting INSERT, decision row INSERT, COMMIT; then XA COMMIT on node2. Scratch tables on both nodes."))
+        var xaAnchor = false
+        @Flag(help: ArgumentHelp("With --xa-anchor: run the anchor's XA transfers without preferring each connection's executor.",
+                                 discussion: "Every statement then hops to its connection's thread and back, as a caller on Swift's cooperative pool does (the ledger's two-phase commit today): measures what those hops cost."))
+        var anchorPerCallHops = false
 
         func validate() throws {
             guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
             guard (1...1024).contains(clients) else { throw ValidationError("--clients must be between 1 and 1024") }
-            guard onlyNode == nil || crossNode == 0 else { throw ValidationError("--only-node runs on one node's accounts: give --cross-node 0 with it") }
+            guard onlyNodes.count != 1 || crossNode == 0 else { throw ValidationError("--only-node with one node runs on one node's accounts: give --cross-node 0 with it") }
         }
+
+        var onlyNodes: [String] { onlyNode.map { $0.split(separator: ",").map { String($0) } } ?? [] }
 
         func run() async throws {
             try await reportingErrors {
@@ -51,13 +63,18 @@ struct Bench: AsyncParsableCommand {
                     let snapshot = runtime.cache.snapshot
                     let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
                     var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
-                    if let onlyNode {
-                        guard let ids = accounts[onlyNode] else {
-                            throw CLIError("--only-node \(onlyNode) holds no range of the accounts map; nodes with ranges: \(accounts.keys.sorted().joined(separator: ", "))")
+                    if !onlyNodes.isEmpty {
+                        var only: [String: [Int64]] = [:]
+                        for node in onlyNodes {
+                            guard let ids = accounts[node] else {
+                                throw CLIError("--only-node \(node) holds no range of the accounts map; nodes with ranges: \(accounts.keys.sorted().joined(separator: ", "))")
+                            }
+                            only[node] = ids
                         }
-                        accounts = [onlyNode: ids]
+                        accounts = only
                     }
-                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode)
+                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode,
+                                                          anchorPrefersConnectionExecutor: !anchorPerCallHops)
                     let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
                     let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
                     try await client.shutdown()
@@ -69,6 +86,18 @@ struct Bench: AsyncParsableCommand {
                             accounts: ids.count, options: options, logger: logger, progress: progress)
                         try printSummary(base, label: "baseline plain SQL on node1 clients=\(clients)", json: common.json)
                         if !common.json { print(String(format: "ratio ledger/baseline: %.2f", summary.throughput / max(base.throughput, 1))) }
+                    }
+                    if xaAnchor {
+                        guard let node1 = snapshot.nodes["node1"], let node2 = snapshot.nodes["node2"] else {
+                            throw CLIError("--xa-anchor runs on node1 and node2; registered nodes: \(snapshot.nodes.keys.sorted().joined(separator: ", "))")
+                        }
+                        progress?("anchor: the same mix as plain SQL with XA between node1 and node2")
+                        let anchor = try await LedgerBenchmark.xaAnchor(
+                            commitPoint: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
+                            participant: configuration.mariaDB(node: node2.id, host: node2.host, port: node2.port, database: node2.database, tlsMode: node2.tlsMode),
+                            options: options, logger: logger, progress: progress)
+                        try printSummary(anchor, label: "anchor plain SQL + XA node1/node2\(anchorPerCallHops ? " (per-call hops)" : "") clients=\(clients) cross-node=\(crossNode)", json: common.json)
+                        if !common.json { print(String(format: "ratio ledger/anchor: %.2f", summary.throughput / max(anchor.throughput, 1))) }
                     }
                 } catch {
                     await runtime.shutdown()
