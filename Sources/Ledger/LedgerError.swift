@@ -44,7 +44,7 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// Thrown by a test hook to stop a coordinator at a step as if its process had died: it then drops
+/// Thrown by a test's crash point (`FaultInjector`) to stop a coordinator at a step as if its process had died: it then drops
 /// its connections without rolling anything back, leaving the servers as a crash would.
 public struct CoordinatorCrash: Error, Sendable {
     public init() {}
