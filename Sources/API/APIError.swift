@@ -56,6 +56,7 @@ public struct APIError: HTTPResponseError, Sendable {
             case .idempotencyConflict: return APIError(.unprocessableContent, "idempotency_key_reused", e.message)
             case .invalid: return APIError(.unprocessableContent, "invalid_request", e.message)
             case .nodeUnavailable: return APIError(.serviceUnavailable, "node_unavailable", e.message, retryAfter: 1)
+            case .rangeMoving: return APIError(.serviceUnavailable, "range_moving", e.message, retryAfter: 1)
             case .aborted:
                 return APIError(.serviceUnavailable, "aborted", "nothing was changed; retry (with the same Idempotency-Key)", retryAfter: 1)
             default:

@@ -2,14 +2,40 @@ import MariaDB
 
 /// The SQL of one node's part of a ledger operation. Every write transaction reads the fence first.
 enum AccountSQL {
-    /// The fence: the node must own `range` of `map` and the range must be active.
-    /// Share mode, so a range move's freeze (an exclusive lock) waits for in-flight writes.
-    static func fence(_ c: MariaDBConnection, map: String, range: String, node: String) async throws {
+    /// An ownership row's key interval `[lower, upper)` (`upper` nil: unbounded).
+    struct Bounds: Sendable {
+        var lower: Int64
+        var upper: Int64?
+        func contains(_ key: Int64) -> Bool { key >= lower && upper.map { key < $0 } ?? true }
+    }
+
+    /// The fence: the node must own `range` of `map`, the range must be active, and `key` (when
+    /// given: a new balance, or a directory hash) must lie in the range's bounds *as the node holds
+    /// them* — after a split, a router on the old map would otherwise store a balance under the
+    /// range id that no longer covers it. Share mode, so a move's freeze or a split's narrowing (an
+    /// exclusive lock) waits for in-flight writes, and the bounds returned hold to the end of the
+    /// transaction. A range frozen for a move is not a stale map: ``PlanStale/moving``.
+    @discardableResult
+    static func fence(_ c: MariaDBConnection, map: String, range: String, node: String, key: Int64? = nil) async throws -> Bounds {
         let rows = try await c.execute(
-            "SELECT state FROM range_ownership WHERE map_name = ? AND range_id = ? LOCK IN SHARE MODE",
+            "SELECT state, lower_bound, upper_bound FROM range_ownership WHERE map_name = ? AND range_id = ? LOCK IN SHARE MODE",
             [.string(map), .string(range)]).rows
-        guard let state = try rows.first?.string("state"), state == "active" else {
+        guard let row = rows.first, let state = try? row.string("state"), state == "active" else {
+            if let state = try? rows.first?.string("state"), state == "frozen" {
+                throw PlanStale(reason: "\(map) range \(range) on \(node) is frozen for a move", moving: true)
+            }
             throw PlanStale(reason: "node \(node) does not own \(map) range \(range) (wrong shard)", wrongShard: true)
+        }
+        let bounds = Bounds(lower: try row.int64("lower_bound"), upper: try row.optionalInt64("upper_bound"))
+        if let key { try check(key, in: bounds, map: map, range: range, node: node) }
+        return bounds
+    }
+
+    /// `key` must lie in `bounds` (read by ``fence(_:map:range:node:key:)``), else the router's map is behind.
+    static func check(_ key: Int64, in bounds: Bounds, map: String, range: String, node: String) throws {
+        guard bounds.contains(key) else {
+            throw PlanStale(reason: "\(map) range \(range) on \(node) covers [\(bounds.lower), \(bounds.upper.map(String.init) ?? "∞")), not \(key) (wrong shard: the map is behind)",
+                            wrongShard: true)
         }
     }
 
@@ -47,9 +73,15 @@ enum AccountSQL {
             previousNodes: try r.string("previous_nodes"))
     }
 
-    /// Reads a row without locking (planning).
+    /// Rows of ranges this node serves: `active`, or `frozen` for a move's switch. Any other row is
+    /// not this node's to show — a move's copy on its target before the switch (`incoming`), the
+    /// source's old copy after it — and counts as absent, so a stale hint never reads it.
+    static let served = "JOIN range_ownership r ON r.map_name = 'accounts' AND r.range_id = a.balance_range AND r.state IN ('active', 'frozen')"
+    static let servedColumns = "a.account_id, a.customer_name, a.balance, a.balance_range, a.row_version, a.created_at, a.previous_nodes"
+
+    /// Reads a row without locking (planning, lookups); absent unless its range is served here.
     static func read(_ c: MariaDBConnection, _ id: Int64) async throws -> Row? {
-        try await c.execute("SELECT \(columns) FROM account_info WHERE account_id = ?", [.int(id)]).rows.first.map(decode)
+        try await c.execute("SELECT \(servedColumns) FROM account_info a \(served) WHERE a.account_id = ?", [.int(id)]).rows.first.map(decode)
     }
 
     /// Locks rows for the rest of the transaction, in ascending id, and returns those that are here.
@@ -58,9 +90,9 @@ enum AccountSQL {
                             ids.map(MariaDBValue.int)).rows.map(decode)
     }
 
-    /// Accounts after `cursor` by ascending id, of one range or all.
+    /// Accounts after `cursor` by ascending id, of one range or all; only rows of ranges served here.
     static func page(_ c: MariaDBConnection, after cursor: Int64, range: String?, limit: Int) async throws -> [Row] {
-        try await c.execute("SELECT \(columns) FROM account_info WHERE account_id > ? AND (? IS NULL OR balance_range = ?) ORDER BY account_id LIMIT ?",
+        try await c.execute("SELECT \(servedColumns) FROM account_info a \(served) WHERE a.account_id > ? AND (? IS NULL OR a.balance_range = ?) ORDER BY a.account_id LIMIT ?",
                             [.int(cursor), range.map(MariaDBValue.string) ?? .null, range.map(MariaDBValue.string) ?? .null, .int(Int64(limit))]).rows.map(decode)
     }
 
@@ -130,6 +162,39 @@ enum AccountSQL {
                 + changes.map { .int($0.id) })
     }
 
+    /// The balances of locked rows in one statement, written only if each new balance lies in the
+    /// bounds of its range as this node holds them, the range active: the lock-first path's fence by
+    /// bounds, folded into a statement it makes anyway (a statement that writes reads
+    /// `range_ownership` with shared locks, held to the end). False: nothing was written — the
+    /// router's map is behind (a split moved a bound), or a range is not active here.
+    static func updateFenced(_ c: MariaDBConnection, _ changes: [(id: Int64, balance: Int64, range: String)]) async throws -> Bool {
+        // Per range, the lowest and highest balance it must cover (bounds are in minor units).
+        var spans: [String: (low: Int64, high: Int64)] = [:]
+        for change in changes {
+            let s = spans[change.range]
+            spans[change.range] = (min(s?.low ?? change.balance, change.balance), max(s?.high ?? change.balance, change.balance))
+        }
+        let ranges = spans.keys.sorted()
+        let within = ranges.map { _ in "(range_id = ? AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?))" }.joined(separator: " OR ")
+        let fence = "(SELECT COUNT(*) FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND (\(within))) = ?"
+        let fenceParameters = ranges.flatMap { [MariaDBValue.string($0), .int(spans[$0]!.low), .int(spans[$0]!.high)] }
+            + [.int(Int64(ranges.count))]
+        let set: String
+        let setParameters: [MariaDBValue]
+        if changes.count == 1 {
+            set = "balance = ?, balance_range = ?"
+            setParameters = [.money(minorUnits: changes[0].balance), .string(changes[0].range)]
+        } else {
+            let cases = changes.map { _ in "WHEN ? THEN ?" }.joined(separator: " ")
+            set = "balance = CASE account_id \(cases) END, balance_range = CASE account_id \(cases) END"
+            setParameters = changes.flatMap { [MariaDBValue.int($0.id), .money(minorUnits: $0.balance)] } + changes.flatMap { [MariaDBValue.int($0.id), .string($0.range)] }
+        }
+        let ids = changes.map { _ in "?" }.joined(separator: ", ")
+        let result = try await c.execute("UPDATE account_info SET \(set), row_version = row_version + 1 WHERE account_id IN (\(ids)) AND \(fence)",
+                                         setParameters + changes.map { .int($0.id) } + fenceParameters)
+        return result.affectedRows == UInt64(changes.count)
+    }
+
     /// One line of an account's statement, written by one attempt of a transfer.
     struct Posting: Sendable {
         var account: Int64
@@ -186,14 +251,23 @@ enum AccountSQL {
                             [.int(id), .string(directoryRange), .string(node), .string(range)])
     }
 
-    /// Points the entry at the account's new node and remembers the old one (idempotent retries look there).
-    static func moveDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, to: String, range: String) async throws {
+    /// Points the entry at the account's new range on the same node.
+    static func relabelDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, to: String) async throws {
+        let result = try await c.execute("UPDATE account_directory SET data_range = ? WHERE account_id = ? AND data_range = ?",
+                                         [.string(to), .int(id), .string(from)])
+        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(from)") }
+    }
+
+    /// Points the entry at the account's new range (and node) and remembers the node it leaves
+    /// (idempotent retries look there). The entry must still name `fromRange`: the account's node is
+    /// the map's owner of that range, so a range move rewrites no entry and `data_node` may be old.
+    static func moveDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, fromRange: String, to: String, range: String) async throws {
         let result = try await c.execute("""
             UPDATE account_directory SET data_node = ?, data_range = ?,
               previous_nodes = IF(previous_nodes = '', ?, IF(FIND_IN_SET(?, previous_nodes) > 0, previous_nodes, CONCAT(previous_nodes, ',', ?)))
-            WHERE account_id = ? AND data_node = ?
-            """, [.string(to), .string(range), .string(from), .string(from), .string(from), .int(id), .string(from)])
-        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at \(from)") }
+            WHERE account_id = ? AND data_range = ?
+            """, [.string(to), .string(range), .string(from), .string(from), .string(from), .int(id), .string(fromRange)])
+        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(fromRange)") }
     }
 }
 
@@ -204,5 +278,7 @@ struct PlanStale: Error, Sendable, CustomStringConvertible {
     var wrongShard = false
     /// The row changed but is where it was read: the locations learnt still hold.
     var stillThere = false
+    /// A range involved is frozen for a move: not a stale map — wait for the map to change.
+    var moving = false
     var description: String { reason }
 }

@@ -7,6 +7,9 @@ import Synchronization
 // same transaction) and accounts that lived elsewhere.
 extension Bank {
     func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> Try {
+        // Rows first: a lookup that finds the maps behind refreshes them, and the plan uses the newest.
+        var located: [Int64: (row: AccountSQL.Row, node: String)] = [:]
+        for (id, _) in changes.sorted(by: { $0.0 < $1.0 }) { located[id] = try await locate(id) }
         let maps = try self.maps()
         let attempt = AttemptID.random()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
@@ -20,7 +23,7 @@ extension Bank {
         }
         // Ascending account ids within each node's part; the nodes are visited in ``commit``'s order.
         for (id, delta) in changes.sorted(by: { $0.0 < $1.0 }) {
-            let (row, node) = try await locate(id)
+            let (row, node) = located[id]!
             let after = try newBalance(of: id, from: row.balance, adding: delta)
             if id == home { homeNode = node }
             // The home account lived elsewhere: another attempt of this key may have committed there
@@ -36,8 +39,8 @@ extension Bank {
             let source = row.range
             if target.node == node {
                 add(node) { c in
-                    try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
-                    if target.id != source { try await AccountSQL.fence(c, map: "accounts", range: target.id, node: node) }
+                    let sourceBounds = try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
+                    let targetBounds = target.id == source ? sourceBounds : try await AccountSQL.fence(c, map: "accounts", range: target.id, node: node)
                     // The row may have changed since it was read: what counts is that the plan's
                     // shape (ranges fenced, the row staying here) holds for the balance now locked.
                     let locked = try await AccountSQL.lock(c, id, node: node)
@@ -47,9 +50,19 @@ extension Bank {
                           try maps.accounts.range(for: now).id == target.id else {
                         throw PlanStale(reason: "account \(id) changed on \(node) since it was read", stillThere: true)
                     }
+                    // The router's map may be behind a split: the node's bounds decide.
+                    try AccountSQL.check(now, in: targetBounds, map: "accounts", range: target.id, node: node)
                     try await AccountSQL.update(c, id, balance: now, range: target.id)
                     try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: delta, balanceAfter: now)])
                     settled.withLock { $0[id] = Money(minorUnits: now) }
+                }
+                if target.id != source {
+                    // The directory entry names the range (its node is the map's owner of it).
+                    let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
+                    add(directory.node) { c in
+                        try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
+                        try await AccountSQL.relabelDirectory(c, id, from: source, to: target.id)
+                    }
                 }
             } else {
                 // The balance leaves this node's ranges: the row, its range and its directory entry move together.
@@ -69,13 +82,13 @@ extension Bank {
                 moved.previousNodes = (earlier.contains(node) ? earlier : earlier + [node]).joined(separator: ",")
                 let movedRow = moved
                 add(target.node) { c in
-                    try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node)
+                    try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node, key: after)
                     try await AccountSQL.insert(c, movedRow)
                     try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: delta, balanceAfter: after)])
                 }
                 add(directory.node) { c in
-                    try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
-                    try await AccountSQL.moveDirectory(c, id, from: node, to: target.node, range: target.id)
+                    try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
+                    try await AccountSQL.moveDirectory(c, id, from: node, fromRange: source, to: target.node, range: target.id)
                 }
             }
         }

@@ -100,7 +100,8 @@ extension Bank {
             let delta = changes.first { $0.0 == row.accountID }!.1
             let after = try newBalance(of: row.accountID, from: row.balance, adding: delta)
             let target = try maps.accounts.range(for: after)
-            guard target.node == node else { throw NotSimple() }
+            // Another range, even on this node, means the directory entry changes too: the general path's.
+            guard target.node == node, target.id == row.range else { throw NotSimple() }
             needed.formUnion([row.range, target.id])
             updates.append((row.accountID, after, target.id))
             postings.append(.init(account: row.accountID, amount: delta, balanceAfter: after))
@@ -112,7 +113,8 @@ extension Bank {
         if !missing.isEmpty && !deferFence && !fenceWithPosting {
             guard try await AccountSQL.fenceActive(c, ranges: missing) else { throw NotSimple() }
         }
-        try await AccountSQL.update(c, updates)
+        // The map may be behind a split: the node's bounds decide (nothing written otherwise).
+        guard try await AccountSQL.updateFenced(c, updates) else { throw NotSimple() }
         if fenceWithPosting {
             guard try await AccountSQL.journalFenced(c, transferID: key, attempt: attempt, posting: postings[0], ranges: missing) else { throw NotSimple() }
         } else {

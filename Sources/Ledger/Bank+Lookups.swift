@@ -4,10 +4,16 @@ import Sharding
 // Finding rows and earlier decisions. Reads without locks: what they find is a hint that the
 // transaction verifies on the node, or (earlier decisions) a committed fact.
 extension Bank {
-    /// Finds an account's row: the cached node, else the directory entry; follows moves.
+    /// Finds an account's row: the cached node, else the node owning its directory entry's range;
+    /// follows moves. Only rows of ranges served on their node count (``AccountSQL/read(_:_:)``).
     func locate(_ id: Int64) async throws -> (AccountSQL.Row, String) {
-        let maps = try self.maps()
+        var maps = try self.maps()
         for attempt in 0..<6 {
+            if attempt == 2 {
+                // Not where the map's owner of its range is, twice: the map may be behind a move.
+                try? await refreshMaps()
+                maps = try self.maps()
+            }
             if let hint = locations.withLock({ $0[id]?.node }),
                let row = try await connections.withConnection(hint, { try await AccountSQL.read($0, id) }) {
                 return (row, hint)
@@ -16,9 +22,10 @@ extension Bank {
             guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, id) }) else {
                 throw LedgerError(.notFound, "account \(id) does not exist")
             }
-            if let row = try await connections.withConnection(entry.node, { try await AccountSQL.read($0, id) }) {
-                locations.withLock { $0[id] = Location(node: entry.node, range: row.range) }
-                return (row, entry.node)
+            let node = Self.node(of: entry, maps: maps)
+            if let row = try await connections.withConnection(node, { try await AccountSQL.read($0, id) }) {
+                locations.withLock { $0[id] = Location(node: node, range: row.range) }
+                return (row, node)
             }
             // Moving right now: the directory commits with the row, so look again shortly.
             locations.withLock { _ = $0.removeValue(forKey: id) }
@@ -27,11 +34,19 @@ extension Bank {
         throw LedgerError(.aborted, "account \(id) kept moving while it was looked up; try again")
     }
 
+    /// The node of a directory entry's account: the map's owner of the entry's range — a range
+    /// move rewrites no entry — or, for a range the map no longer has, the node the entry names.
+    static func node(of entry: AccountSQL.DirectoryEntry, maps: LedgerMaps) -> String {
+        maps.accounts.range(id: entry.range)?.node ?? entry.node
+    }
+
+    /// The account's node now, then every node it lived on before.
     func nodesOf(_ account: Int64) async throws -> [String] {
         let maps = try self.maps()
         let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: account)).node
         guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, account) }) else { return [] }
-        return [entry.node] + entry.previousNodes
+        let node = Self.node(of: entry, maps: maps)
+        return [node] + entry.previousNodes.filter { $0 != node }
     }
 
     /// A committed earlier attempt with this key, looked up on every node the home account has

@@ -29,7 +29,7 @@ extension Bank {
         switch cause {
         case is NotSimple: return .notSimple
         case is AlreadyDecided: return .alreadyDecided
-        case let stale as PlanStale: return .stale(.init(stillThere: stale.stillThere, wrongShard: stale.wrongShard), cause: stale)
+        case let stale as PlanStale: return .stale(.init(stillThere: stale.stillThere, wrongShard: stale.wrongShard, rangeMoving: stale.moving), cause: stale)
         case let e as MariaDBError where e.isRetryable || e.errorNumber == 1062: return .stale(.init(), cause: e)
         case let e as LedgerError where e.code == .aborted && e.underlying != nil:
             return try classify(e.underlying!)
@@ -54,6 +54,7 @@ extension Bank {
             return known.count == accounts.count ? known : nil
         }
         var action = policy.start(allLocationsKnown: hints() != nil)
+        var moving = MoveWait(limit: moveWait)
         while true {
             switch action {
             case .lockFirst:
@@ -71,6 +72,7 @@ extension Bank {
                 if collided { try await refuseIfUsedElsewhere(key: key, accounts: changes.map(\.0)) }
                 action = policy.noEarlierCommit()
             case .plan:
+                moving.planned(maps: try maps())
                 switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash) {
                 case .done(let result): return result
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
@@ -89,6 +91,10 @@ extension Bank {
                 }
                 try await Task.sleep(for: pause)
                 action = policy.backedOff(allLocationsKnown: hints() != nil)
+            case .awaitMapChange:
+                try await moving.wait(maps: maps, what: "\(kind) \(key)", cause: lastCause)
+                locations.withLock { l in accounts.forEach { l[$0] = nil } }
+                action = policy.mapsChanged()
             case .giveUp:
                 throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastCause)
             }
@@ -105,4 +111,44 @@ extension Bank {
             }
         }
     }
+}
+
+/// How long an operation has waited for ranges frozen by a move, and the wait itself: a frozen range
+/// switches to its new node within milliseconds and the maps (the cache the watch keeps, not an etcd
+/// read per try) then change; the operation waits for that in slices of at most 100 ms — a move
+/// cancelled unfreezes the range without a map change — and after `limit` in all answers
+/// `range_moving`, having changed nothing.
+struct MoveWait {
+    let limit: Duration
+    private var deadline: ContinuousClock.Instant?
+    /// The map versions the last plan was made from.
+    private var seen: (accounts: Int64, directory: Int64)?
+
+    init(limit: Duration) { self.limit = limit }
+
+    /// Remembers the maps a plan is made from: a change after that ends the wait at once.
+    mutating func planned(maps: LedgerMaps) {
+        seen = (maps.accounts.version, maps.directory.version)
+    }
+
+    /// Waits for the maps to change or for a slice to pass; throws `range_moving` past the limit.
+    mutating func wait(maps: @Sendable () throws -> LedgerMaps, what: String, cause: (any Error)?) async throws {
+        let clock = ContinuousClock()
+        let end = deadline ?? clock.now.advanced(by: limit)
+        deadline = end
+        let slice = min(end, clock.now.advanced(by: .milliseconds(100)))
+        while clock.now < slice {
+            if let seen, let m = try? maps(), m.accounts.version != seen.accounts || m.directory.version != seen.directory { return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        guard clock.now < end else {
+            throw LedgerError(.rangeMoving, "\(what) needs a range that is being moved to another node and did not switch within \(limit.milliseconds) ms; nothing was changed — retry in a second with the same Idempotency-Key",
+                              underlying: cause)
+        }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, for messages.
+    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }

@@ -50,6 +50,8 @@ public final class Bank: Sendable {
     let logger: Logger
     let twoPhase: TwoPhaseCommit
     let limit: BalanceLimit
+    /// How long an operation waits for a range frozen by a move (see ``MoveWait``).
+    let moveWait: Duration
     /// Where an account's row was last seen. A hint: always verified on the node.
     struct Location: Sendable {
         var node: String
@@ -62,18 +64,23 @@ public final class Bank: Sendable {
     ///   - refreshMaps: re-reads the maps from their source; called when a node answers that it does
     ///     not own a range (`wrong_shard`), before the operation is planned again.
     ///   - limit: the highest balance an account may hold; a movement past it is refused (`balance_limit`).
+    ///   - moveWait: how long an operation waits for a range frozen by a move to switch nodes before
+    ///     it answers `range_moving`.
     public convenience init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
                             refreshMaps: @escaping @Sendable () async throws -> Void = {},
-                            nextAccountID: @escaping @Sendable () async throws -> Int64, limit: BalanceLimit = BalanceLimit(), logger: Logger) {
-        self.init(connections: connections, maps: maps, refreshMaps: refreshMaps, nextAccountID: nextAccountID, limit: limit, logger: logger, faults: nil)
+                            nextAccountID: @escaping @Sendable () async throws -> Int64, limit: BalanceLimit = BalanceLimit(),
+                            moveWait: Duration = .seconds(3), logger: Logger) {
+        self.init(connections: connections, maps: maps, refreshMaps: refreshMaps, nextAccountID: nextAccountID, limit: limit,
+                  moveWait: moveWait, logger: logger, faults: nil)
     }
 
     /// A bank whose two-phase commits stop at a test's crash points (`faults`).
     @_spi(FaultInjection) public init(connections: NodeConnections, maps: @escaping @Sendable () throws -> LedgerMaps,
                                       refreshMaps: @escaping @Sendable () async throws -> Void = {},
-                                      nextAccountID: @escaping @Sendable () async throws -> Int64, limit: BalanceLimit = BalanceLimit(), logger: Logger,
-                                      faults: FaultInjector?) {
+                                      nextAccountID: @escaping @Sendable () async throws -> Int64, limit: BalanceLimit = BalanceLimit(),
+                                      moveWait: Duration = .seconds(3), logger: Logger, faults: FaultInjector?) {
         self.limit = limit
+        self.moveWait = moveWait
         self.connections = connections
         self.maps = maps
         self.refreshMaps = refreshMaps
@@ -102,47 +109,92 @@ public final class Bank: Sendable {
         try Self.validate(key: idempotencyKey)
         guard balance.minorUnits >= 0 else { throw LedgerError(.invalid, "an opening balance cannot be negative") }
         _ = try newBalance(of: nil, from: 0, adding: balance.minorUnits)
-        let maps = try self.maps()
-        let range = try maps.accounts.range(for: balance.minorUnits)
-        let keyRange = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: idempotencyKey))
         let hash = requestHash("open", customerName, balance.description)
-        let request = (customerName: customerName, balance: balance, range: range)
-        // The same request again. Openings before the key's node held their decisions kept them on
-        // the balance's node: looked at too.
-        if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node, range.node], request: request) { return earlier }
-        let id = try await nextAccountID()
+        // Tries as a movement does (``MovementRetryPolicy``): a stale map is read again, a range
+        // frozen for a move is waited for, and each try looks for an earlier commit of the key first.
+        var policy = MovementRetryPolicy()
+        var moving = MoveWait(limit: moveWait)
+        var lastCause: (any Error)?
+        var id: Int64?
+        var action = policy.start(allLocationsKnown: false)
+        while true {
+            switch action {
+            case .lockFirst, .lookForEarlierCommit:
+                let maps = try self.maps()
+                let range = try maps.accounts.range(for: balance.minorUnits)
+                let keyRange = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: idempotencyKey))
+                // The same request again. Openings before the key's node held their decisions kept them
+                // on the balance's node: looked at too.
+                if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node, range.node],
+                                                         request: (customerName, balance, range)) { return earlier }
+                action = policy.noEarlierCommit()
+            case .plan:
+                let maps = try self.maps()
+                moving.planned(maps: maps)
+                if id == nil { id = try await nextAccountID() }
+                switch try await openOnce(id: id!, customerName: customerName, balance: balance, key: idempotencyKey, hash: hash, maps: maps) {
+                case .done(let account): return account
+                case .stale(let stale, let cause):
+                    lastCause = cause
+                    action = policy.planStale(stale)
+                }
+            case .backOff(let pause, _, let refresh):
+                if refresh {
+                    do { try await refreshMaps() } catch {
+                        logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
+                    }
+                }
+                try await Task.sleep(for: pause)
+                action = policy.backedOff(allLocationsKnown: false)
+            case .awaitMapChange:
+                try await moving.wait(maps: maps, what: "opening account \(idempotencyKey)", cause: lastCause)
+                action = policy.mapsChanged()
+            case .giveUp:
+                throw LedgerError(.aborted, "opening the account was rolled back: \(lastCause.map { "\($0)" } ?? "the maps kept changing"); nothing was changed, try again",
+                                  underlying: lastCause)
+            }
+        }
+    }
+
+    private enum OpenTry {
+        case done(Account)
+        /// Nothing written; the next try first looks for a concurrent attempt of the key that committed.
+        case stale(MovementRetryPolicy.Stale, cause: any Error)
+    }
+
+    /// One try of an opening: the row and its posting on the balance's node, the directory entry on
+    /// its node, and the decision on the key's node, in one atomic transaction.
+    private func openOnce(id: Int64, customerName: String, balance: Money, key: String, hash: String, maps: LedgerMaps) async throws -> OpenTry {
+        let range = try maps.accounts.range(for: balance.minorUnits)
+        let keyRange = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key))
         let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
         let row = AccountSQL.Row(accountID: id, customerName: customerName, balance: balance.minorUnits, range: range.id, version: 1,
                                  createdAt: SQLDateTime(unixMicroseconds: Int64(Date().timeIntervalSince1970 * 1_000_000)))
-        let key = idempotencyKey
         let attempt = AttemptID.random()
         var work: [String: [TwoPhaseCommit.Work]] = [:]
         work[range.node, default: []].append { c in
-            try await AccountSQL.fence(c, map: "accounts", range: range.id, node: range.node)
+            try await AccountSQL.fence(c, map: "accounts", range: range.id, node: range.node, key: balance.minorUnits)
             try await AccountSQL.insert(c, row)
             try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: balance.minorUnits, balanceAfter: balance.minorUnits)])
         }
         work[directory.node, default: []].append { c in
-            try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node)
+            try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
             try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
         }
         // The key's node must own the key's range (a stale map is refused there, as for any write).
         work[keyRange.node, default: []].append { c in
-            try await AccountSQL.fence(c, map: "directory", range: keyRange.id, node: keyRange.node)
+            try await AccountSQL.fence(c, map: "directory", range: keyRange.id, node: keyRange.node, key: DirectoryHash.key(forIdempotencyKey: key))
         }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
                                       requestHash: hash, participants: work.keys.sorted(), attempt: attempt)
-        if let cause = try await commit(decision, work: work, commitPoint: keyRange.node) {
-            // A concurrent attempt with the same key may have won: answer as it did.
-            if let earlier = try await openedEarlier(key: idempotencyKey, hash: hash, nodes: [keyRange.node], request: request) { return earlier }
-            // Nothing was written and the key is not spent; a stale map is read again for the retry.
-            if case .stale(let stale, _) = try classify(cause), stale.wrongShard {
-                try? await refreshMaps()
-            }
-            throw LedgerError(.aborted, "opening the account was rolled back: \(cause)", node: range.node, underlying: cause)
+        guard let cause = try await commit(decision, work: work, commitPoint: keyRange.node) else {
+            locations.withLock { $0[id] = Location(node: range.node, range: range.id) }
+            return .done(Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node))
         }
-        locations.withLock { $0[id] = Location(node: range.node, range: range.id) }
-        return Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node)
+        // Nothing of this attempt was written and the key is not spent. A collision (1062) may be a
+        // concurrent attempt of the key that committed: the next try looks for it first.
+        if case .stale(let stale, let cause) = try classify(cause) { return .stale(stale, cause: cause) }
+        return .stale(.init(), cause: cause)
     }
 
     /// The account an earlier opening with this key made, as it is now — or, while that opening's

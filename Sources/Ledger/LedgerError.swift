@@ -22,6 +22,9 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
         public static let idempotencyConflict = Code("idempotency_conflict")
         /// The movement would take a balance above the ledger's per-account limit.
         public static let balanceLimit = Code("balance_limit")
+        /// A range the operation needs is frozen for a move that did not switch within
+        /// `ledger.move_wait_ms`: nothing changed; retry shortly with the same key.
+        public static let rangeMoving = Code("range_moving")
         /// The request itself is invalid (amount, accounts).
         public static let invalid = Code("invalid_request")
     }

@@ -15,6 +15,9 @@ public struct MovementRetryPolicy: Sendable, Hashable {
         case plan
         /// Pause, then ask again (``backedOff(allLocationsKnown:)``).
         case backOff(Duration, forgetLocations: Bool, refreshMaps: Bool)
+        /// A range is frozen for a move (its switch takes milliseconds): wait for the maps to change —
+        /// the caller bounds the wait, then gives up — and plan again (``mapsChanged()``).
+        case awaitMapChange
         case giveUp
     }
 
@@ -24,9 +27,12 @@ public struct MovementRetryPolicy: Sendable, Hashable {
         public var stillThere: Bool
         /// A node refused a range the map gave it: the map is behind.
         public var wrongShard: Bool
-        public init(stillThere: Bool = false, wrongShard: Bool = false) {
+        /// A range is frozen for a move: neither the map nor the rows are wrong, they are about to change.
+        public var rangeMoving: Bool
+        public init(stillThere: Bool = false, wrongShard: Bool = false, rangeMoving: Bool = false) {
             self.stillThere = stillThere
             self.wrongShard = wrongShard
+            self.rangeMoving = rangeMoving
         }
     }
 
@@ -56,7 +62,10 @@ public struct MovementRetryPolicy: Sendable, Hashable {
     /// A try found another attempt of the key committed: the look for it answers the request.
     public mutating func earlierAttemptCommitted() -> Action { .lookForEarlierCommit }
 
+    /// A plan went stale (it wrote nothing). A moving range does not count as a stale plan: the wait
+    /// for its switch is bounded in time by the caller.
     public mutating func planStale(_ stale: Stale) -> Action {
+        if stale.rangeMoving { return .awaitMapChange }
         stalePlans += 1
         guard stalePlans < Self.maximumTries else { return .giveUp }
         return .backOff(.milliseconds(2 << stalePlans), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
@@ -64,5 +73,11 @@ public struct MovementRetryPolicy: Sendable, Hashable {
 
     public mutating func backedOff(allLocationsKnown: Bool) -> Action {
         start(allLocationsKnown: allLocationsKnown)
+    }
+
+    /// The wait for a moving range ended (the maps changed, or a short slice passed): the places
+    /// learnt may be the move's source, so they are read again.
+    public mutating func mapsChanged() -> Action {
+        start(allLocationsKnown: false)
     }
 }

@@ -162,7 +162,8 @@ public struct LedgerVerifier: Sendable {
     /// waits for the lock), its postings and directory entry everywhere; returns what is still wrong.
     private func recheck(account id: Int64) async throws -> [Violation] {
         let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: id)).node
-        let home = try await connections.withConnection(directoryNode) { try await AccountSQL.directory($0, id) }?.node
+        let entry = try await connections.withConnection(directoryNode) { try await AccountSQL.directory($0, id) }
+        let home = entry.map { Bank.node(of: $0, maps: maps) }
         guard let home, connections.nodes.contains(home) else {
             return try await accountSections(Snapshot.read(connections, account: id))
         }
@@ -223,7 +224,8 @@ public struct LedgerVerifier: Sendable {
             }
         }
 
-        // Directory entries: on the directory map's node, pointing at the row's node and range.
+        // Directory entries: on the directory map's node, pointing at the row's range, whose owner in
+        // the map is the row's node (`data_node` only for a range the map no longer has).
         let entries = Dictionary(grouping: s.directory, by: \.id)
         for (id, list) in entries.sorted(by: { $0.key < $1.key }) {
             let subject = "account \(id)"
@@ -237,8 +239,9 @@ public struct LedgerVerifier: Sendable {
                 continue
             }
             let row = rows[0]
-            if entry.dataNode != row.node || entry.dataRange != row.range {
-                found.add(subject, "the directory entry of account \(id) points at \(entry.dataRange) on \(entry.dataNode), the row is in \(row.range) on \(row.node)")
+            let entryNode = maps.accounts.range(id: entry.dataRange)?.node ?? entry.dataNode
+            if entryNode != row.node || entry.dataRange != row.range {
+                found.add(subject, "the directory entry of account \(id) points at \(entry.dataRange) on \(entryNode), the row is in \(row.range) on \(row.node)")
             }
             if entry.previousNodes != row.previousNodes {
                 found.add(subject, "account \(id) lived on \(row.previousNodes.sorted().joined(separator: ",")) says its row, \(entry.previousNodes.sorted().joined(separator: ",")) says its directory entry")

@@ -18,7 +18,7 @@ enum ConfigurationSchema {
         "nodes.*.host": .string, "nodes.*.port": .integer, "nodes.*.database": .string, "nodes.*.tls_mode": .string,
         "nodes.*.user": .string, "nodes.*.password_file": .string,
         "http.host": .string, "http.port": .integer,
-        "ledger.max_balance": .string,
+        "ledger.max_balance": .string, "ledger.move_wait_ms": .integer,
     ]
 
     static func validate(_ data: Data, file: String) throws(ConfigurationError) {

@@ -46,6 +46,9 @@ public struct ShardBankConfiguration: Sendable {
     public var httpPort: Int
     /// The highest balance an account may hold (`ledger.max_balance`, a decimal string).
     public var balanceLimit: BalanceLimit
+    /// How long an operation waits for a range frozen by a move to switch before it answers
+    /// `range_moving` (`ledger.move_wait_ms`, default 3000).
+    public var moveWait: Duration = .seconds(3)
 
     /// The driver configuration for a node at a registered address.
     public func mariaDB(node id: String, host: String, port: Int, database: String, tlsMode: String? = nil) -> MariaDBConfiguration {
@@ -217,10 +220,12 @@ private struct Reader {
             pool: MariaDBPool.Options(
                 maxConnections: try int("mysql.pool.max_connections", default: 32, range: 1...4096),
                 acquireTimeout: .milliseconds(try int("mysql.pool.acquire_timeout_ms", default: 2000, range: 1...600_000))))
-        return ShardBankConfiguration(
+        var configuration = ShardBankConfiguration(
             sourceFile: file, logLevel: level, etcd: etcd, etcdPrefix: prefix, mysql: mysql, nodes: nodes,
             httpHost: try string("http.host") ?? "127.0.0.1", httpPort: try int("http.port", default: 8080, range: 0...65535),
             balanceLimit: try balanceLimit("ledger.max_balance"))
+        configuration.moveWait = .milliseconds(try int("ledger.move_wait_ms", default: 3000, range: 0...60_000))
+        return configuration
     }
 
     func balanceLimit(_ key: String) throws(ConfigurationError) -> BalanceLimit {

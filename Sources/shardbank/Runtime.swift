@@ -36,7 +36,7 @@ struct BankRuntime {
                 }
                 return LedgerMaps(accounts: accounts, directory: directory)
             }, refreshMaps: { try await cache.refreshMaps() }, nextAccountID: { try await allocator.nextID() },
-                            limit: configuration.balanceLimit, logger: logger, faults: hook)
+                            limit: configuration.balanceLimit, moveWait: configuration.moveWait, logger: logger, faults: hook)
             return BankRuntime(etcd: etcd, store: store, cache: cache, connections: connections, bank: bank)
         } catch {
             try? await etcd.shutdown()

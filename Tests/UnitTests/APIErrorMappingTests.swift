@@ -50,6 +50,15 @@ struct APIErrorMappingTests {
         }
     }
 
+    @Test("a range still frozen for a move after the wait is 503 range_moving with Retry-After: 1")
+    func rangeMoving() {
+        let answer = APIError.from(LedgerError(.rangeMoving, "transfer k needs a range that is being moved"))
+        #expect(answer.status == .serviceUnavailable)
+        #expect(answer.code == "range_moving")
+        #expect(answer.retryAfter == 1)
+        #expect(answer.message.contains("being moved"))
+    }
+
     @Test("a database refusal caused by the request's values is a 422 invalid_request, also inside an aborted transaction",
           arguments: [UInt32(1406), 1264, 4025, 1366])
     func inputErrorsAre422(_ number: UInt32) {

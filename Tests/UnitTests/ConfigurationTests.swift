@@ -31,6 +31,13 @@ struct ConfigurationTests {
         #expect(try await ShardBankConfiguration.load(file: nil, environment: [:]).balanceLimit == BalanceLimit())
     }
 
+    @Test("ledger.move_wait_ms: how long an operation waits for a moving range; 3000 without it")
+    func moveWait() async throws {
+        let c = try await ShardBankConfiguration.load(file: try write(#"{"ledger": {"move_wait_ms": 750}}"#), environment: [:])
+        #expect(c.moveWait == .milliseconds(750))
+        #expect(try await ShardBankConfiguration.load(file: nil, environment: [:]).moveWait == .seconds(3))
+    }
+
     @Test("file values, secrets from files relative to the file, and environment overrides")
     func layering() async throws {
         let path = try write("""
@@ -63,6 +70,8 @@ struct ConfigurationTests {
         (#"{"ledger": {"max_balance": "1e12"}}"#, "ledger.max_balance"),
         (#"{"ledger": {"max_balance": "1000000000000000.01"}}"#, "ledger.max_balance"),
         (#"{"ledger": {"max_balance": 100}}"#, "ledger.max_balance"),
+        (#"{"ledger": {"move_wait_ms": -1}}"#, "ledger.move_wait_ms"),
+        (#"{"ledger": {"move_wait_ms": 600001}}"#, "ledger.move_wait_ms"),
         (#"{"cluster": {"nodes": ["a-node-id-of-26-characters"]}}"#, "cluster.nodes"),
     ])
     func malformed(text: String, field: String) async throws {

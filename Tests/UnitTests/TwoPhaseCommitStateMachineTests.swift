@@ -208,6 +208,22 @@ struct MovementRetryPolicyTests {
         #expect(p.backedOff(allLocationsKnown: true) == .lockFirst) // a stale try does not bar the lock-first path
     }
 
+    @Test("a range frozen for a move is waited for, not counted as a stale plan; after the wait the places are read again")
+    func rangeMoving() {
+        var p = MovementRetryPolicy()
+        #expect(p.start(allLocationsKnown: true) == .lockFirst)
+        #expect(p.lockFirstNotSimple() == .lookForEarlierCommit)
+        #expect(p.noEarlierCommit() == .plan)
+        for _ in 0..<(MovementRetryPolicy.maximumTries * 2) {
+            #expect(p.planStale(.init(rangeMoving: true)) == .awaitMapChange)
+        }
+        #expect(p.stalePlans == 0)
+        #expect(p.mapsChanged() == .lookForEarlierCommit)
+        // Ordinary stale plans still count and give up.
+        for _ in 1..<MovementRetryPolicy.maximumTries { _ = p.planStale(.init()) }
+        #expect(p.planStale(.init()) == .giveUp)
+    }
+
     @Test("gives up after the maximum of stale plans, with growing pauses before")
     func givesUp() {
         var p = MovementRetryPolicy()
