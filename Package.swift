@@ -33,6 +33,8 @@ let package = Package(
     targets: [
         // Pure core: range maps, money, the directory hash. No I/O, no dependencies.
         .target(name: "Sharding", swiftSettings: swiftSettings),
+        // Online range moves and rebalancing as pure decisions: the move's state machine, the planner.
+        .target(name: "Moves", dependencies: ["Sharding"], swiftSettings: swiftSettings),
 
         // MariaDB Connector/C, seen through a small shim header.
         .systemLibrary(
@@ -159,7 +161,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health",
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health", "Moves",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
                 // The API's routes driven in-process (no sockets) for the answers given before the bank is asked.
