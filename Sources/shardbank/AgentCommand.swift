@@ -1,3 +1,4 @@
+import Admin
 import Agent
 import ArgumentParser
 import ClusterMetadata
