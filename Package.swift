@@ -132,13 +132,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Operator actions behind `ctl`: bootstrap, status, benchmarks of the drivers.
+        // Operator actions behind `ctl`: bootstrap, status, benchmarks of the drivers; the bank's
+        // runtime (metadata watch, pools that follow the node registry) that `serve` and `bench` run.
         .target(
             name: "Admin",
             dependencies: [
                 "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "ShardBankConfig", "Ledger", "Health",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -175,32 +175,7 @@ public final class MetadataCache: Service, Sendable {
     /// Waits until `condition` holds for the snapshot (checked now and after every change).
     public func waitUntil(timeout: Duration, _ condition: @escaping @Sendable (MetadataSnapshot) -> Bool) async throws -> MetadataSnapshot {
         try await withThrowingTaskGroup(of: MetadataSnapshot.self) { group in
-            let id = state.withLock { s in
-                defer { s.nextWaiter += 1 }
-                return s.nextWaiter
-            }
-            group.addTask {
-                try await withTaskCancellationHandler {
-                    try await withCheckedThrowingContinuation { continuation in
-                        let now: Result<MetadataSnapshot, any Error>? = self.state.withLock { s in
-                            if s.cancelled.remove(id) != nil { return .failure(CancellationError()) }
-                            if condition(s.snapshot) { return .success(s.snapshot) }
-                            s.waiters[id] = (condition, continuation)
-                            return nil
-                        }
-                        if let now { continuation.resume(with: now) }
-                    }
-                } onCancel: {
-                    let c = self.state.withLock { s in
-                        guard let c = s.waiters.removeValue(forKey: id)?.continuation else {
-                            s.cancelled.insert(id)
-                            return nil as CheckedContinuation<MetadataSnapshot, any Error>?
-                        }
-                        return c
-                    }
-                    c?.resume(throwing: CancellationError())
-                }
-            }
+            group.addTask { try await self.waitUntil(condition) }
             group.addTask {
                 try await Task.sleep(for: timeout)
                 throw MetadataError(.etcd, "the metadata cache did not reach the expected state within \(timeout)")
@@ -208,6 +183,36 @@ public final class MetadataCache: Service, Sendable {
             let result = try await group.next()!
             group.cancelAll()
             return result
+        }
+    }
+
+    /// Waits, with no deadline, until `condition` holds for the snapshot (checked now and after
+    /// every change): how a service reacts to metadata changes without polling etcd. Throws
+    /// `CancellationError` when the calling task is cancelled or the cache stops running.
+    public func waitUntil(_ condition: @escaping @Sendable (MetadataSnapshot) -> Bool) async throws -> MetadataSnapshot {
+        let id = state.withLock { s in
+            defer { s.nextWaiter += 1 }
+            return s.nextWaiter
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let now: Result<MetadataSnapshot, any Error>? = self.state.withLock { s in
+                    if s.cancelled.remove(id) != nil { return .failure(CancellationError()) }
+                    if condition(s.snapshot) { return .success(s.snapshot) }
+                    s.waiters[id] = (condition, continuation)
+                    return nil
+                }
+                if let now { continuation.resume(with: now) }
+            }
+        } onCancel: {
+            let c = self.state.withLock { s in
+                guard let c = s.waiters.removeValue(forKey: id)?.continuation else {
+                    s.cancelled.insert(id)
+                    return nil as CheckedContinuation<MetadataSnapshot, any Error>?
+                }
+                return c
+            }
+            c?.resume(throwing: CancellationError())
         }
     }
 }

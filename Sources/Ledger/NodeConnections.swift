@@ -30,6 +30,23 @@ public final class NodeConnections: Sendable {
         if let replaced { await replaced.shutdown() }
     }
 
+    /// Removes the pool of `node` (the node left the registry): from now on ``pool(_:)`` and
+    /// ``withConnection(_:_:)`` fail at once with `node_unavailable`. The pool is then shut down:
+    /// its idle connections close, callers still waiting for one of its connections fail, and
+    /// connections in use stay usable until their users release them, then close. Returns whether
+    /// the node had a pool.
+    @discardableResult
+    public func unregister(node: String) async -> Bool {
+        guard let removed = pools.withLock({ $0.removeValue(forKey: node) }) else { return false }
+        await removed.shutdown()
+        return true
+    }
+
+    /// The driver configuration of `node`'s pool, or nil when the node has none.
+    public func configuration(of node: String) -> MariaDBConfiguration? {
+        pools.withLock { $0[node]?.configuration }
+    }
+
     /// The ids of every registered node.
     public var nodes: [String] { pools.withLock { Array($0.keys).sorted() } }
 

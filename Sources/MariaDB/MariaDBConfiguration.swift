@@ -56,3 +56,12 @@ public struct MariaDBConfiguration: Sendable, Hashable {
         return "\(label) (\(host):\(port))"
     }
 }
+
+extension MariaDBConfiguration: CustomStringConvertible, CustomDebugStringConvertible {
+    /// Everything but the password, so that a configuration in a log line or an error leaks nothing.
+    public var description: String {
+        "MariaDBConfiguration(\(endpointDescription), user: \(user), password: <redacted>, database: \(database ?? "none"), tls_mode: \(tlsMode.rawValue))"
+    }
+
+    public var debugDescription: String { description }
+}

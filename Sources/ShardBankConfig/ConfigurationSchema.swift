@@ -21,7 +21,9 @@ enum ConfigurationSchema {
         "ledger.max_balance": .string, "ledger.move_wait_ms": .integer,
     ]
 
-    static func validate(_ data: Data, file: String) throws(ConfigurationError) {
+    /// Checks every field of the file; returns the node ids of its `nodes` section.
+    @discardableResult
+    static func validate(_ data: Data, file: String) throws(ConfigurationError) -> [String] {
         let root: JSONValue
         do { root = try JSONDecoder().decode(JSONValue.self, from: data) } catch {
             throw ConfigurationError(file: file, field: nil, "is not valid JSON: \(describe(error))")
@@ -30,6 +32,8 @@ enum ConfigurationSchema {
             throw ConfigurationError(file: file, field: nil, "must hold a JSON object at the top level")
         }
         try walk(object, path: [], file: file)
+        guard case .object(let nodes)? = object["nodes"] else { return [] }
+        return nodes.keys.filter { !$0.hasPrefix("_") && !$0.hasPrefix("$") }.sorted()
     }
 
     private static func walk(_ object: [String: JSONValue], path: [String], file: String) throws(ConfigurationError) {

@@ -20,11 +20,13 @@ public struct ShardBankConfiguration: Sendable {
         public var tlsMode: MariaDBConfiguration.TLSMode
     }
 
-    /// How to log in to the storage nodes.
-    public struct MySQL: Sendable {
+    /// How to log in to the storage nodes. Its description leaves the passwords out.
+    public struct MySQL: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
         public var user: String
         public var password: String
-        /// Per-node overrides of user and password.
+        /// Per-node overrides of user and password: every `nodes.<id>` entry that names a `user` or
+        /// a password, whether or not `cluster.nodes` lists the node (a spare added later needs its
+        /// credentials as much as a bootstrapped node does).
         public var credentials: [String: (user: String, password: String)]
         public var connectTimeout: Int
         public var readTimeout: Int
@@ -32,6 +34,13 @@ public struct ShardBankConfiguration: Sendable {
         public var tlsMode: MariaDBConfiguration.TLSMode
         public var tlsCAFile: String?
         public var pool: MariaDBPool.Options
+
+        public var description: String {
+            let nodes = credentials.keys.sorted().map { "\($0): user \(credentials[$0]!.user)" }.joined(separator: ", ")
+            return "MySQL(user: \(user), password: <redacted>, per-node credentials: [\(nodes)], tls_mode: \(tlsMode.rawValue))"
+        }
+
+        public var debugDescription: String { description }
     }
 
     public var sourceFile: String?
@@ -49,6 +58,22 @@ public struct ShardBankConfiguration: Sendable {
     /// How long an operation waits for a range frozen by a move to switch before it answers
     /// `range_moving` (`ledger.move_wait_ms`, default 3000).
     public var moveWait: Duration = .seconds(3)
+    /// The `SHARDBANK_*` environment it was loaded with, so ``reloaded(readingCredentialsOf:)``
+    /// reads the same overrides.
+    var environment: [String: String] = [:]
+
+    /// Whether this configuration has credentials of its own for node `id` (a `nodes.<id>` entry
+    /// naming a user or a password); without them the `mysql` ones are used.
+    public func hasCredentials(for id: String) -> Bool { mysql.credentials[id] != nil }
+
+    /// The configuration read again from the same file with the same environment overrides — the
+    /// password files included, so an operator can add a node's credentials while the process
+    /// runs. With `node`, that node's `nodes.<node>.user` and password are read even when
+    /// neither `cluster.nodes` nor the file's `nodes` section names it (e.g. only the environment
+    /// does: `SHARDBANK_NODES_NODE4_PASSWORD_FILE`).
+    public func reloaded(readingCredentialsOf node: String? = nil) async throws(ConfigurationError) -> ShardBankConfiguration {
+        try await Self.load(file: sourceFile, environment: environment, credentialsOf: node.map { [$0] } ?? [])
+    }
 
     /// The driver configuration for a node at a registered address.
     public func mariaDB(node id: String, host: String, port: Int, database: String, tlsMode: String? = nil) -> MariaDBConfiguration {
@@ -62,15 +87,22 @@ public struct ShardBankConfiguration: Sendable {
     /// Loads `file` (optional: environment variables alone may configure everything) and applies
     /// the environment's overrides. Errors name the file and the field.
     public static func load(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) async throws(ConfigurationError) -> ShardBankConfiguration {
+        try await load(file: file, environment: environment, credentialsOf: [])
+    }
+
+    private static func load(file: String?, environment: [String: String], credentialsOf extraNodes: [String]) async throws(ConfigurationError) -> ShardBankConfiguration {
+        // Only the SHARDBANK_ variables configure anything; the rest is not kept for a reload.
+        let environment = environment.filter { $0.key.uppercased().hasPrefix("SHARDBANK_") }
         var providers: [any ConfigProvider] = [
             EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: ["shardbank"]),
         ]
         var baseDirectory = FileManager.default.currentDirectoryPath
+        var fileNodes: [String] = []
         if let file {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw ConfigurationError(file: file, field: nil, "the file does not exist or cannot be read")
             }
-            try ConfigurationSchema.validate(data, file: file)
+            fileNodes = try ConfigurationSchema.validate(data, file: file)
             do {
                 providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(file)))
             } catch {
@@ -79,8 +111,21 @@ public struct ShardBankConfiguration: Sendable {
             baseDirectory = URL(fileURLWithPath: file).deletingLastPathComponent().path
         }
         let r = Reader(reader: ConfigReader(providers: providers), file: file, baseDirectory: baseDirectory)
-        return try r.configuration()
+        var configuration = try r.configuration(credentialNodes: fileNodes + extraNodes)
+        configuration.environment = environment
+        return configuration
     }
+}
+
+extension ShardBankConfiguration: CustomStringConvertible, CustomDebugStringConvertible {
+    /// What a log may say about the configuration: no password (the `mysql` and etcd ones are redacted).
+    public var description: String {
+        "ShardBankConfiguration(file: \(sourceFile ?? "none"), etcd: \(etcd.endpoints.joined(separator: ",")) prefix \(etcdPrefix)"
+            + (etcd.username.map { " user \($0)" } ?? "") + (etcd.password == nil ? "" : " password <redacted>")
+            + ", mysql: \(mysql), nodes: \(nodes.map(\.id).joined(separator: ",")), http: \(httpHost):\(httpPort))"
+    }
+
+    public var debugDescription: String { description }
 }
 
 /// A configuration problem: which file, which field, what is wrong, and what to do.
@@ -159,7 +204,9 @@ private struct Reader {
         return mode
     }
 
-    func configuration() throws(ConfigurationError) -> ShardBankConfiguration {
+    /// The configuration; credentials are read for every node of `cluster.nodes` and of `credentialNodes`
+    /// (the file's `nodes` entries, and any node a reload asks for).
+    func configuration(credentialNodes: [String]) throws(ConfigurationError) -> ShardBankConfiguration {
         let levelText = try string("logging.level") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else {
             throw fail("logging.level", "must be one of trace, debug, info, notice, warning, error, critical")
@@ -205,11 +252,15 @@ private struct Reader {
             guard let host = try string("nodes.\(id).host") else { throw fail("nodes.\(id).host", "node \(id) is listed in cluster.nodes but has no host") }
             nodes.append(.init(id: id, host: host, port: try int("nodes.\(id).port", default: 3306, range: 1...65535),
                                database: try string("nodes.\(id).database") ?? "bank_db", tlsMode: try tlsMode("nodes.\(id).tls_mode", default: defaultTLS)))
+        }
+        if Set(nodes.map(\.id)).count != nodes.count { throw fail("cluster.nodes", "lists a node twice") }
+        // Every node the configuration describes, not only those `ctl init` registers: a spare
+        // registered later is reached with its own credentials too.
+        for id in Set(nodes.map(\.id) + credentialNodes).sorted() {
             let nodeUser = try string("nodes.\(id).user")
             let nodePassword = try secret("nodes.\(id).password")
             if nodeUser != nil || nodePassword != nil { credentials[id] = (nodeUser ?? user, nodePassword ?? password) }
         }
-        if Set(nodes.map(\.id)).count != nodes.count { throw fail("cluster.nodes", "lists a node twice") }
 
         let mysql = ShardBankConfiguration.MySQL(
             user: user, password: password, credentials: credentials,

@@ -1,9 +1,13 @@
+import Admin
 import Agent
 import ArgumentParser
+import BankSchema
 import ClusterMetadata
+import Etcd
 import Health
 import Ledger
 import Logging
+import MariaDB
 import ServiceLifecycle
 import ShardBankConfig
 
@@ -21,7 +25,10 @@ struct AgentCommand: AsyncParsableCommand {
             (routers treat the node as down); after --failures failed checks in a row the lease is revoked. \
             It registers again when the database answers, or when etcd is back after an outage. It also \
             finishes in-doubt distributed transactions prepared on its node. SIGTERM or SIGINT revokes the \
-            lease, so the node shows as down at once rather than after the TTL.
+            lease, so the node shows as down at once rather than after the TTL. \
+            It keeps a pool to every registered node for that resolution and follows the registry: \
+            nodes registered later get one, removed nodes lose theirs. With --wait-registered, a node \
+            not registered yet is waited for instead of being an error (a spare node's agent).
             """)
 
     @OptionGroup var options: ConfigOptions
@@ -29,6 +36,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds between beats.") var intervalMs = 1000
     @Option(help: "Heartbeat lease TTL in seconds (at least 2: etcd 3.4's minimum).") var ttl = 3
     @Option(help: "Failed checks in a row before the lease is revoked.") var failures = 2
+    @Flag(help: ArgumentHelp("Wait until the node is registered in etcd (node/{id}/info) before heart-beating, instead of failing.",
+                             discussion: "For a spare node started before it is added: the agent logs that it waits, runs until SIGTERM or SIGINT (exit 0) and, once the node is registered, brings its schema up to date and starts beating."))
+    var waitRegistered = false
 
     func validate() throws {
         guard ttl >= 2 else { throw ValidationError("--ttl \(ttl) is too short: etcd 3.4 grants leases of at least 2 seconds (its election timeout is 1 s)") }
@@ -44,21 +54,22 @@ struct AgentCommand: AsyncParsableCommand {
             logger[metadataKey: "node"] = "\(node)"
             try await withEtcd(configuration, logger: logger) { etcd in
                 let store = MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix))
-                let nodes = try await store.nodes()
-                guard let info = nodes.first(where: { $0.id == node }) else {
-                    throw CLIError("node \(node) is not registered under \(configuration.etcdPrefix) (registered: \(nodes.map(\.id).sorted().joined(separator: ", "))); run `shardbank ctl init` or check --node")
+                let cache = MetadataCache(store: store, logger: logger)
+                try await cache.reload()
+                let registered = cache.snapshot.nodes
+                guard registered[node] != nil || waitRegistered else {
+                    throw CLIError("node \(node) is not registered under \(configuration.etcdPrefix) (registered: \(registered.keys.sorted().joined(separator: ", "))); run `shardbank ctl init`, check --node, or pass --wait-registered to wait for it")
                 }
-                // Short timeouts: they bound one check, and a check must finish within a beat or two.
-                var database = configuration.mariaDB(node: info.id, host: info.host, port: info.port, database: info.database, tlsMode: info.tlsMode)
-                database.connectTimeout = 1
-                database.readTimeout = 1
-                database.writeTimeout = 1
-                let agent = NodeAgent(options: .init(node: node, interval: .milliseconds(intervalMs), ttl: Int64(ttl), failuresBeforeRevoke: failures,
-                                                     version: shardBankVersion),
-                                      etcd: etcd, keys: store.keys, database: database, logger: logger)
-                let connections = await nodeConnections(configuration, nodes: nodes, logger: logger)
+                // Pools to every node (the resolver reads decisions on other nodes), following the
+                // registry as it changes; the bank's processes bring schemas up to date, not this one.
+                let connections = await nodeConnections(configuration, nodes: Array(registered.values), logger: logger)
+                let registry = NodeRegistryFollower(cache: cache, connections: connections, configuration: configuration,
+                                                    initial: Array(registered.values), options: .init(migrate: false), logger: logger)
                 let resolver = InDoubtResolver(connections: connections, nodes: [node], logger: logger)
-                let group = ServiceGroup(configuration: .init(services: [.init(service: agent), .init(service: resolver)],
+                let beats = HeartbeatWhenRegistered(
+                    options: .init(node: node, interval: .milliseconds(intervalMs), ttl: Int64(ttl), failuresBeforeRevoke: failures, version: shardBankVersion),
+                    cache: cache, configuration: configuration, etcd: etcd, logger: logger)
+                let group = ServiceGroup(configuration: .init(services: [.init(service: cache), .init(service: registry), .init(service: resolver), .init(service: beats)],
                                                               gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
                 logger.info("agent started", metadata: ["interval_ms": "\(intervalMs)", "ttl": "\(ttl)", "failures": "\(failures)"])
                 do {
@@ -70,5 +81,53 @@ struct AgentCommand: AsyncParsableCommand {
                 await connections.shutdown()
             }
         }
+    }
+}
+
+/// The heartbeats of one node (``NodeAgent``), started once the node is registered: at once when it
+/// already is; otherwise (`--wait-registered`) after waiting for its record in the watch-fed cache,
+/// with the node's schema brought up to date first (a spare has none yet, and the beat's row counts
+/// read its tables).
+private struct HeartbeatWhenRegistered: Service {
+    let options: NodeAgent.Options
+    let cache: MetadataCache
+    let configuration: ShardBankConfiguration
+    let etcd: EtcdClient
+    let logger: Logger
+
+    func run() async throws {
+        let node = options.node
+        let cache = self.cache
+        var waited = false
+        if cache.snapshot.nodes[node] == nil {
+            waited = true
+            logger.notice("node \(node) is not registered yet; waiting for \(cache.store.keys.nodeInfo(node)) before heart-beating (--wait-registered)")
+        }
+        // Graceful shutdown while waiting ends the wait: nothing was started, nothing to stop.
+        let found: NodeInfo? = await cancelWhenGracefulShutdown {
+            try? await cache.waitUntil { $0.nodes[node] != nil }.nodes[node]
+        }
+        guard let info = found else { return }
+        // Short timeouts: they bound one check, and a check must finish within a beat or two.
+        var database = await configuration.mariaDB(for: info, logger: logger)
+        if waited {
+            logger.notice("node \(node) is registered; starting heartbeats", metadata: ["address": "\(info.host):\(info.port)"])
+            do {
+                let c = try await MariaDBConnection.connect(configuration: database)
+                do { _ = try await BankSchema.migrate(c, logger: logger) } catch {
+                    await c.close()
+                    throw error
+                }
+                await c.close()
+            } catch {
+                // The beats report the database as it is; `serve` migrates the node too when it joins.
+                logger.warning("cannot bring the joining node's schema up to date; heart-beating anyway", metadata: ["error": "\(error)"])
+            }
+        }
+        database.connectTimeout = 1
+        database.readTimeout = 1
+        database.writeTimeout = 1
+        let agent = NodeAgent(options: options, etcd: etcd, keys: cache.store.keys, database: database, logger: logger)
+        try await agent.run()
     }
 }

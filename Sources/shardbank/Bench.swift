@@ -5,6 +5,7 @@ import NIOCore
 import ArgumentParser
 import ClusterMetadata
 import Foundation
+import Logging
 import ShardBankConfig
 
 struct Bench: AsyncParsableCommand {
@@ -26,7 +27,11 @@ struct Bench: AsyncParsableCommand {
                 With --xa-anchor, the same mix runs as plain SQL on node1 and node2, its cross-node \
                 transfers (the same --cross-node share) with XA two-phase commit — node2 the prepared \
                 participant, node1 the commit point with the decision row — for the ratio of the \
-                ledger's cross-node path (e.g. --cross-node 1 --xa-anchor).
+                ledger's cross-node path (e.g. --cross-node 1 --xa-anchor). \
+                The library client watches the metadata as `serve` does for the whole run: shard-map \
+                changes, nodes registered (their pools opened once their schema is current) and nodes \
+                removed are seen while it runs; the accounts are opened at the start on the nodes of the \
+                map then.
                 """)
         @OptionGroup var options: ConfigOptions
         @OptionGroup var common: Common
@@ -60,50 +65,56 @@ struct Bench: AsyncParsableCommand {
                 let progress = common.json ? nil : progressPrinter()
                 let runtime = try await BankRuntime.start(configuration, logger: logger)
                 do {
-                    let snapshot = runtime.cache.snapshot
-                    let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
-                    var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
-                    if !onlyNodes.isEmpty {
-                        var only: [String: [Int64]] = [:]
-                        for node in onlyNodes {
-                            guard let ids = accounts[node] else {
-                                throw CLIError("--only-node \(node) holds no range of the accounts map; nodes with ranges: \(accounts.keys.sorted().joined(separator: ", "))")
-                            }
-                            only[node] = ids
-                        }
-                        accounts = only
-                    }
-                    let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode,
-                                                          anchorPrefersConnectionExecutor: !anchorPerCallHops)
-                    let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
-                    let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
-                    try await client.shutdown()
-                    try printSummary(summary, label: "ledger \(http ? "http" : "library") clients=\(clients) cross-node=\(crossNode)", json: common.json)
-                    if baseline, let node1 = snapshot.nodes["node1"], let ids = accounts["node1"] {
-                        progress?("baseline: the same mix as plain SQL on node1")
-                        let base = try await LedgerBenchmark.baseline(
-                            configuration: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
-                            accounts: ids.count, options: options, logger: logger, progress: progress)
-                        try printSummary(base, label: "baseline plain SQL on node1 clients=\(clients)", json: common.json)
-                        if !common.json { print(String(format: "ratio ledger/baseline: %.2f", summary.throughput / max(base.throughput, 1))) }
-                    }
-                    if xaAnchor {
-                        guard let node1 = snapshot.nodes["node1"], let node2 = snapshot.nodes["node2"] else {
-                            throw CLIError("--xa-anchor runs on node1 and node2; registered nodes: \(snapshot.nodes.keys.sorted().joined(separator: ", "))")
-                        }
-                        progress?("anchor: the same mix as plain SQL with XA between node1 and node2")
-                        let anchor = try await LedgerBenchmark.xaAnchor(
-                            commitPoint: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
-                            participant: configuration.mariaDB(node: node2.id, host: node2.host, port: node2.port, database: node2.database, tlsMode: node2.tlsMode),
-                            options: options, logger: logger, progress: progress)
-                        try printSummary(anchor, label: "anchor plain SQL + XA node1/node2\(anchorPerCallHops ? " (per-call hops)" : "") clients=\(clients) cross-node=\(crossNode)", json: common.json)
-                        if !common.json { print(String(format: "ratio ledger/anchor: %.2f", summary.throughput / max(anchor.throughput, 1))) }
-                    }
+                    // The metadata watch and the registry follower run for the whole benchmark, so a
+                    // range reassigned or a node added or removed meanwhile is seen as `serve` sees it.
+                    try await runtime.run { try await measure(runtime, configuration: configuration, logger: logger, progress: progress) }
                 } catch {
                     await runtime.shutdown()
                     throw error
                 }
                 await runtime.shutdown()
+            }
+        }
+
+        func measure(_ runtime: BankRuntime, configuration: ShardBankConfiguration, logger: Logger, progress: (@Sendable (String) -> Void)?) async throws {
+            let snapshot = runtime.cache.snapshot
+            let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
+            var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
+            if !onlyNodes.isEmpty {
+                var only: [String: [Int64]] = [:]
+                for node in onlyNodes {
+                    guard let ids = accounts[node] else {
+                        throw CLIError("--only-node \(node) holds no range of the accounts map; nodes with ranges: \(accounts.keys.sorted().joined(separator: ", "))")
+                    }
+                    only[node] = ids
+                }
+                accounts = only
+            }
+            let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode,
+                                                  anchorPrefersConnectionExecutor: !anchorPerCallHops)
+            let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
+            let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
+            try await client.shutdown()
+            try printSummary(summary, label: "ledger \(http ? "http" : "library") clients=\(clients) cross-node=\(crossNode)", json: common.json)
+            if baseline, let node1 = snapshot.nodes["node1"], let ids = accounts["node1"] {
+                progress?("baseline: the same mix as plain SQL on node1")
+                let base = try await LedgerBenchmark.baseline(
+                    configuration: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
+                    accounts: ids.count, options: options, logger: logger, progress: progress)
+                try printSummary(base, label: "baseline plain SQL on node1 clients=\(clients)", json: common.json)
+                if !common.json { print(String(format: "ratio ledger/baseline: %.2f", summary.throughput / max(base.throughput, 1))) }
+            }
+            if xaAnchor {
+                guard let node1 = snapshot.nodes["node1"], let node2 = snapshot.nodes["node2"] else {
+                    throw CLIError("--xa-anchor runs on node1 and node2; registered nodes: \(snapshot.nodes.keys.sorted().joined(separator: ", "))")
+                }
+                progress?("anchor: the same mix as plain SQL with XA between node1 and node2")
+                let anchor = try await LedgerBenchmark.xaAnchor(
+                    commitPoint: configuration.mariaDB(node: node1.id, host: node1.host, port: node1.port, database: node1.database, tlsMode: node1.tlsMode),
+                    participant: configuration.mariaDB(node: node2.id, host: node2.host, port: node2.port, database: node2.database, tlsMode: node2.tlsMode),
+                    options: options, logger: logger, progress: progress)
+                try printSummary(anchor, label: "anchor plain SQL + XA node1/node2\(anchorPerCallHops ? " (per-call hops)" : "") clients=\(clients) cross-node=\(crossNode)", json: common.json)
+                if !common.json { print(String(format: "ratio ledger/anchor: %.2f", summary.throughput / max(anchor.throughput, 1))) }
             }
         }
 

@@ -11,7 +11,8 @@ struct Demo: AsyncParsableCommand {
         abstract: "A local cluster of real mariadbd and etcd processes, for trying ShardBank and for failure drills.",
         discussion: """
             `demo up` starts the processes in the background (they outlive the command), bootstraps the \
-            cluster with `ctl init`, starts one `shardbank agent` per node and `shardbank serve`, and \
+            cluster with `ctl init`, starts one `shardbank agent` per node (a spare's with --wait-registered: \
+            it beats once the spare is registered in etcd) and `shardbank serve`, and \
             writes DIR/shardbank.json (a configuration file the other commands accept) and \
             DIR/cluster.json (ports, pids, passwords). `demo down` stops every process `up` started, and \
             nothing else. Members are named node1…, etcd1… and agent-node1…; kill, stop, cont and \
@@ -29,7 +30,9 @@ struct Demo: AsyncParsableCommand {
         @OptionGroup var location: DirOption
         @Option(help: "Storage nodes in the shard map (at least 3 for the seed's layout).") var nodes = 3
         @Option(help: "etcd members (3 tolerates the loss of one).") var etcd = 3
-        @Option(help: "Extra MariaDB nodes started but not in the shard map, for adding later.") var spare = 0
+        @Option(help: ArgumentHelp("Extra MariaDB nodes started but not registered nor in the shard map, for adding later.",
+                                   discussion: "Each has its credentials in DIR/shardbank.json and an agent waiting for it to be registered (agent --wait-registered); a running serve opens its pool once node/{id}/info is written."))
+        var spare = 0
 
         func validate() throws {
             guard nodes >= 3 else { throw ValidationError("--nodes must be at least 3: the seed's layout has three ranges") }
@@ -52,8 +55,8 @@ struct Demo: AsyncParsableCommand {
                         try await bootstrap.run(etcd: etcd, logger: logger, progress: progress)
                     }
                     let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-                    for node in cluster.description.nodes where !node.spare {
-                        progress("starting shardbank agent for \(node.id)")
+                    for node in cluster.description.nodes {
+                        progress("starting shardbank agent for \(node.id)" + (node.spare ? " (spare: it waits until the node is registered)" : ""))
                         try startAgent(&cluster, node: node.id)
                     }
                     progress("starting shardbank serve on 127.0.0.1:\(apiPort)")
@@ -157,8 +160,15 @@ struct Demo: AsyncParsableCommand {
                 if cluster.owns(old) { Processes.terminate(old) }
                 let pid = try startAgent(&cluster, node: node)
                 let configuration = try await ShardBankConfiguration.load(file: cluster.dir + "/shardbank.json")
-                let key = MetadataKeys(prefix: configuration.etcdPrefix).nodeHeartbeat(node)
+                let keys = MetadataKeys(prefix: configuration.etcdPrefix)
+                let key = keys.nodeHeartbeat(node)
                 let deadline = ContinuousClock.now + .seconds(15)
+                let registered = try await withEtcd(configuration, logger: logger) { etcd in try await etcd.get(keys.nodeInfo(node)) != nil }
+                let spare = try cluster.node(node).spare
+                guard registered || !spare else {
+                    print("restarted \(member) (pid \(pid)); it waits until \(node) is registered")
+                    return
+                }
                 try await withEtcd(configuration, logger: logger) { etcd in
                     while try await etcd.get(key) == nil {
                         guard Processes.isAlive(pid) else { throw CLIError("the agent of \(node) exited during start-up; see \(cluster.dir)/agent-\(node).log") }
@@ -172,11 +182,13 @@ struct Demo: AsyncParsableCommand {
     }
 }
 
-/// Starts `shardbank agent` for `node` with the cluster's configuration file and records its pid.
+/// Starts `shardbank agent` for `node` with the cluster's configuration file and records its pid; a
+/// spare's agent waits until its node is registered (`--wait-registered`).
 @discardableResult
 private func startAgent(_ cluster: inout LocalCluster, node: String) throws -> Int32 {
     let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    let pid = try Processes.spawn(executable, ["agent", "--node", node, "--config", cluster.dir + "/shardbank.json"],
+    let spare = try cluster.node(node).spare
+    let pid = try Processes.spawn(executable, ["agent", "--node", node, "--config", cluster.dir + "/shardbank.json"] + (spare ? ["--wait-registered"] : []),
                                   logFile: cluster.dir + "/agent-\(node).log")
     try cluster.setAgent(node: node, pid: pid)
     return pid

@@ -1,3 +1,4 @@
+@_spi(FaultInjection) import Admin
 import API
 import ArgumentParser
 import BankSchema
@@ -16,7 +17,12 @@ struct Serve: AsyncParsableCommand {
         discussion: """
             Loads the shard maps and the node registry from etcd (and keeps them current with a watch), \
             brings every node's schema up to date, resolves in-doubt distributed transactions in the \
-            background, and serves the API on http.host:http.port until SIGTERM or SIGINT.
+            background, and serves the API on http.host:http.port until SIGTERM or SIGINT. \
+            It follows the node registry while it runs: a node registered later (node/{id}/info) gets a \
+            connection pool once its schema is brought up to date — until it answers, it is tried \
+            again, and its credentials are looked for again in the configuration file when the file \
+            had none for it (nodes.<id>.user, nodes.<id>.password_file) — and a node whose state \
+            becomes removed loses its pool.
             """)
 
     @OptionGroup var options: ConfigOptions
@@ -25,7 +31,7 @@ struct Serve: AsyncParsableCommand {
         try await reportingErrors {
             let configuration = try await options.load()
             let logger = makeLogger(configuration.logLevel, label: "shardbank.serve")
-            let runtime = try await BankRuntime.start(configuration, logger: logger, hook: testHook(logger: logger))
+            let runtime = try await BankRuntime.start(configuration, logger: logger, faults: testHook(logger: logger))
             let resolver = InDoubtResolver(connections: runtime.connections, logger: logger)
             // Requests that need a down node fail at once; pool connection errors mark a node suspect.
             let health = NodeHealthMonitor(cache: runtime.cache)
@@ -38,7 +44,7 @@ struct Serve: AsyncParsableCommand {
             let app = Application(
                 router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
-                services: [runtime.cache, resolver, probe],
+                services: runtime.services + [resolver, probe],
                 logger: logger)
             do {
                 try await app.runService()

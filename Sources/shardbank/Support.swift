@@ -1,3 +1,4 @@
+import Admin
 import ArgumentParser
 import Etcd
 import AsyncHTTPClient
@@ -79,17 +80,6 @@ func httpStatus(_ url: String) async throws -> Int? {
     }
     try await client.shutdown()
     return status
-}
-
-/// A pool per registered node, with the configuration's credentials.
-func nodeConnections(_ configuration: ShardBankConfiguration, nodes: [NodeInfo], logger: Logger) async -> NodeConnections {
-    let connections = NodeConnections(logger: logger)
-    for node in nodes.sorted(by: { $0.id < $1.id }) where node.state != .removed {
-        await connections.register(node: node.id, configuration: configuration.mariaDB(node: node.id, host: node.host, port: node.port,
-                                                                                      database: node.database, tlsMode: node.tlsMode),
-                                   options: configuration.mysql.pool)
-    }
-    return connections
 }
 
 /// A pool per registered node and the shard maps, read from the cluster `options` names; the pools

@@ -34,6 +34,26 @@ private func shardbankExecutable() throws -> String {
     return path
 }
 
+/// The exit status of a child process once it has exited (128 + the signal when a signal ended it),
+/// or nil when it is still running after `limit`. Reaps the child: ask nothing else about it after.
+private func exitStatus(_ pid: Int32, within limit: Duration) -> Int32? {
+    let deadline = ContinuousClock.now + limit
+    var status: Int32 = 0
+    while ContinuousClock.now < deadline {
+        let reaped = waitpid(pid, &status, WNOHANG)
+        if reaped == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f) }
+        if reaped == -1 { return nil }
+        usleep(10_000)
+    }
+    return nil
+}
+
+/// Whether a child process is still running, without reaping it.
+private func running(_ pid: Int32) -> Bool {
+    var info = siginfo_t()
+    return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == 0
+}
+
 @Suite("Node agent against real mariadbd and etcd", .serialized)
 struct AgentTests {
     @Test("leased heartbeat; a killed mariadbd is reported by the next beat, the lease revoked after two failed checks; back after restart; revoked at shutdown")
@@ -186,6 +206,63 @@ struct AgentTests {
             Processes.waitGone(pid, timeout: .seconds(10))
             #expect(!Processes.isAlive(pid), "the agent exits after SIGTERM")
             #expect(try await etcd.get(MetadataKeys().nodeHeartbeat("node2")) == nil, "the heartbeat outlived the agent: its lease was not revoked")
+        }
+    }
+
+    @Test("""
+        agent --wait-registered: a spare's agent waits (running, no heartbeat, a log line) until its node is \
+        registered, then beats with its database ok; SIGTERM while waiting exits 0; a running agent opens a pool \
+        for the node registered later
+        """)
+    func waitRegistered() async throws {
+        let executable = try shardbankExecutable()
+        try await withCluster(nodes: 3, spare: 1) { cluster in
+            let configuration = try await configurationFor(cluster)
+            try await withEtcd(cluster) { etcd in
+                try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+                let file = try cluster.writeConfiguration(apiPort: try Processes.freePort()) // the spare's credentials included
+                func agent(_ node: String, _ name: String, _ extra: [String] = []) throws -> (pid: Int32, log: String) {
+                    let log = cluster.dir + "/agent-\(name).log"
+                    let pid = try Processes.spawn(executable, ["agent", "--node", node, "--config", file, "--ttl", "2", "--interval-ms", "250"] + extra,
+                                                  logFile: log)
+                    stopAtExit(pid, dir: cluster.dir)
+                    return (pid, log)
+                }
+                func text(_ log: String) -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+                // Without the flag an unregistered node is still an error, which names the flag.
+                let refused = try agent("node4", "refused")
+                #expect(exitStatus(refused.pid, within: .seconds(20)) == 1)
+                #expect(text(refused.log).contains("--wait-registered"), "\(text(refused.log))")
+
+                // With it the agent waits, says so, beats nothing, and stops cleanly on SIGTERM.
+                let early = try agent("node4", "early", ["--wait-registered"])
+                try await eventually("the waiting agent says what it waits for") { text(early.log).contains("node4 is not registered yet; waiting") }
+                try await Task.sleep(for: .seconds(1))
+                #expect(running(early.pid), "the waiting agent exited: \(text(early.log))")
+                #expect(try await etcd.get(MetadataKeys().nodeHeartbeat("node4")) == nil)
+                Processes.signal(early.pid, SIGTERM)
+                #expect(exitStatus(early.pid, within: .seconds(10)) == 0, "\(text(early.log))")
+
+                // node1's agent runs; node4's waits; node4 is registered.
+                let first = try agent("node1", "node1")
+                let spare = try agent("node4", "node4", ["--wait-registered"])
+                _ = try await waitForBeat(etcd, node: "node1", timeout: .seconds(15)) { $0?.database.ok == true }
+                try await eventually("node4's agent waits") { text(spare.log).contains("node4 is not registered yet; waiting") }
+                let node = try cluster.node("node4")
+                try await MetadataStore(etcd: etcd, keys: MetadataKeys()).register(NodeInfo(id: "node4", host: node.host, port: node.port, database: node.database))
+                let beat = try await waitForBeat(etcd, node: "node4", timeout: .seconds(15)) { $0?.database.ok == true }
+                #expect(beat?.ranges.isEmpty == true, "a spare holds no range")
+                #expect(text(spare.log).contains("node4 is registered; starting heartbeats"))
+                // node1's agent follows the registry: a pool for node4 (its resolver may need it).
+                try await eventually("node1's agent opens a pool for node4") {
+                    text(first.log).split(separator: "\n").contains { $0.contains("node joined the registry") && $0.contains("node4") }
+                }
+                for p in [first.pid, spare.pid] { Processes.signal(p, SIGTERM) }
+                #expect(exitStatus(spare.pid, within: .seconds(10)) == 0, "\(text(spare.log))")
+                #expect(exitStatus(first.pid, within: .seconds(10)) == 0, "\(text(first.log))")
+                #expect(try await etcd.get(MetadataKeys().nodeHeartbeat("node4")) == nil, "SIGTERM revokes the spare's lease too")
+            }
         }
     }
 }

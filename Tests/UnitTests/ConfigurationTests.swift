@@ -95,4 +95,66 @@ struct ConfigurationTests {
             #expect(error.description.contains(path))
         }
     }
+
+    @Test("credentials are read for every nodes.<id> entry, also a spare's that cluster.nodes does not list")
+    func spareCredentials() async throws {
+        let path = try write("""
+            {"mysql": {"user": "bank"},
+             "cluster": {"nodes": ["n1"]},
+             "nodes": {"n1": {"host": "10.0.0.1"},
+                       "spare1": {"host": "10.0.0.9", "user": "spare_user", "password_file": "pw"}}}
+            """)
+        let c = try await ShardBankConfiguration.load(file: path, environment: [:])
+        #expect(c.nodes.map(\.id) == ["n1"], "a spare is not bootstrapped")
+        #expect(c.hasCredentials(for: "spare1"))
+        #expect(!c.hasCredentials(for: "n1"))
+        let spare = c.mariaDB(node: "spare1", host: "10.0.0.9", port: 3306, database: "bank_db")
+        #expect(spare.user == "spare_user")
+        #expect(spare.password == "s3cret")
+    }
+
+    @Test("a spare's password_file that cannot be read is refused, naming the field")
+    func spareMissingPasswordFile() async throws {
+        let path = try write(#"{"nodes": {"spare1": {"host": "h", "password_file": "missing"}}}"#)
+        await #expect(throws: ConfigurationError.self) { _ = try await ShardBankConfiguration.load(file: path, environment: [:]) }
+        do { _ = try await ShardBankConfiguration.load(file: path, environment: [:]) } catch {
+            #expect(error.field == "nodes.spare1.password_file")
+        }
+    }
+
+    @Test("reloaded: credentials added to the file after loading are read, also a node only the environment names")
+    func reloadedCredentials() async throws {
+        let path = try write(#"{"cluster": {"nodes": ["n1"]}, "nodes": {"n1": {"host": "10.0.0.1"}}}"#)
+        let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let c = try await ShardBankConfiguration.load(file: path, environment: [
+            "SHARDBANK_NODES_NODE9_USER": "nine", "SHARDBANK_NODES_NODE9_PASSWORD_FILE": dir + "/pw9", "HOME": "/root",
+        ])
+        #expect(!c.hasCredentials(for: "n4"))
+        try """
+            {"cluster": {"nodes": ["n1"]}, "nodes": {"n1": {"host": "10.0.0.1"}, "n4": {"host": "10.0.0.4", "user": "four", "password_file": "pw"}}}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let again = try await c.reloaded()
+        #expect(again.hasCredentials(for: "n4"))
+        #expect(again.mariaDB(node: "n4", host: "h", port: 1, database: "d").password == "s3cret")
+        // node9 is named only by the environment (the file has no entry): read when asked for.
+        try "nine's\n".write(toFile: dir + "/pw9", atomically: true, encoding: .utf8)
+        #expect(!again.hasCredentials(for: "node9"))
+        let nine = try await c.reloaded(readingCredentialsOf: "node9")
+        #expect(nine.mariaDB(node: "node9", host: "h", port: 1, database: "d").user == "nine")
+        #expect(nine.mariaDB(node: "node9", host: "h", port: 1, database: "d").password == "nine's")
+    }
+
+    @Test("descriptions of configurations name no password")
+    func noPasswordInDescriptions() async throws {
+        let path = try write("""
+            {"mysql": {"user": "bank", "password_file": "pw"}, "cluster": {"nodes": ["n1"]},
+             "nodes": {"n1": {"host": "10.0.0.1", "password_file": "pw"}, "spare1": {"host": "10.0.0.9", "password_file": "pw"}}}
+            """)
+        let c = try await ShardBankConfiguration.load(file: path, environment: [:])
+        let database = c.mariaDB(node: "spare1", host: "10.0.0.9", port: 3306, database: "bank_db")
+        for text in ["\(c)", String(reflecting: c), "\(c.mysql)", String(reflecting: c.mysql), "\(database)", String(reflecting: database)] {
+            #expect(!text.contains("s3cret"), "\(text)")
+        }
+        #expect("\(database)".contains("spare1"))
+    }
 }
