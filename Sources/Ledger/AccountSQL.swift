@@ -21,14 +21,25 @@ enum AccountSQL {
             "SELECT state, lower_bound, upper_bound FROM range_ownership WHERE map_name = ? AND range_id = ? LOCK IN SHARE MODE",
             [.string(map), .string(range)]).rows
         guard let row = rows.first, let state = try? row.string("state"), state == "active" else {
-            if let state = try? rows.first?.string("state"), state == "frozen" {
-                throw PlanStale(reason: "\(map) range \(range) on \(node) is frozen for a move", moving: true)
+            if let state = try? rows.first?.string("state"), movingStates.contains(state) {
+                throw PlanStale(reason: "\(map) range \(range) on \(node) is \(state) by a move", moving: true)
             }
             throw PlanStale(reason: "node \(node) does not own \(map) range \(range) (wrong shard)", wrongShard: true)
         }
         let bounds = Bounds(lower: try row.int64("lower_bound"), upper: try row.optionalInt64("upper_bound"))
         if let key { try check(key, in: bounds, map: map, range: range, node: node) }
         return bounds
+    }
+
+    /// Ownership states of a range in a move's switch: `frozen` (writes wait), then `moved` (the
+    /// target takes over once the map names it). Neither is a stale map: the map is about to change.
+    static let movingStates: Set<String> = ["frozen", "moved"]
+
+    /// Whether accounts-map `range` is in a move's switch on this node (read without locks).
+    static func isMoving(_ c: MariaDBConnection, range: String) async throws -> Bool {
+        guard let state = try await c.execute("SELECT state FROM range_ownership WHERE map_name = 'accounts' AND range_id = ?",
+                                              [.string(range)]).rows.first?.string("state") else { return false }
+        return movingStates.contains(state)
     }
 
     /// `key` must lie in `bounds` (read by ``fence(_:map:range:node:key:)``), else the router's map is behind.
@@ -46,12 +57,6 @@ enum AccountSQL {
     static func activeRanges(_ ranges: [String]) -> (sql: String, parameters: [MariaDBValue]) {
         ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", "))) HAVING COUNT(*) = ?",
          ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
-    }
-
-    /// The same fence as a read of its own (shared locks), for when no write can carry it.
-    static func fenceActive(_ c: MariaDBConnection, ranges: [String]) async throws -> Bool {
-        let fence = activeRanges(ranges)
-        return try await !c.execute("SELECT 1 AS ok \(fence.sql) LOCK IN SHARE MODE", fence.parameters).rows.isEmpty
     }
 
     struct Row: Sendable {
@@ -146,22 +151,6 @@ enum AccountSQL {
                             [.money(minorUnits: balance), .string(range), .int(id)])
     }
 
-    /// Several rows' balances and ranges in one statement (the rows are locked already).
-    static func update(_ c: MariaDBConnection, _ changes: [(id: Int64, balance: Int64, range: String)]) async throws {
-        guard changes.count > 1 else {
-            if let only = changes.first { try await update(c, only.id, balance: only.balance, range: only.range) }
-            return
-        }
-        let cases = changes.map { _ in "WHEN ? THEN ?" }.joined(separator: " ")
-        let ids = changes.map { _ in "?" }.joined(separator: ", ")
-        try await c.execute("""
-            UPDATE account_info SET balance = CASE account_id \(cases) END, balance_range = CASE account_id \(cases) END,
-              row_version = row_version + 1 WHERE account_id IN (\(ids))
-            """, changes.flatMap { [MariaDBValue.int($0.id), .money(minorUnits: $0.balance)] }
-                + changes.flatMap { [MariaDBValue.int($0.id), .string($0.range)] }
-                + changes.map { .int($0.id) })
-    }
-
     /// The balances of locked rows in one statement, written only if each new balance lies in the
     /// bounds of its range as this node holds them, the range active: the lock-first path's fence by
     /// bounds, folded into a statement it makes anyway (a statement that writes reads
@@ -212,15 +201,6 @@ enum AccountSQL {
         try await c.execute("INSERT INTO journal (account_id, transfer_id, attempt, amount, balance_after) VALUES "
                             + postings.map { _ in "(?, ?, ?, ?, ?)" }.joined(separator: ", "),
                             postings.flatMap { values($0, transferID, attempt) })
-    }
-
-    /// One posting, inserted only if every accounts-map range in `ranges` is active on this node
-    /// (the fence, ``activeRanges(_:)``). Returns false (nothing inserted) when one is not.
-    static func journalFenced(_ c: MariaDBConnection, transferID: String, attempt: AttemptID, posting: Posting, ranges: [String]) async throws -> Bool {
-        let fence = activeRanges(ranges)
-        let result = try await c.execute("INSERT INTO journal (account_id, transfer_id, attempt, amount, balance_after) SELECT ?, ?, ?, ?, ? \(fence.sql)",
-                                         values(posting, transferID, attempt) + fence.parameters)
-        return result.affectedRows == 1
     }
 
     static func insert(_ c: MariaDBConnection, _ row: Row) async throws {

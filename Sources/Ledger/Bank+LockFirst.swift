@@ -30,23 +30,21 @@ extension Bank {
                 try await localTransaction(on: commitPoint, decision: decision) { c in
                     let part = try await self.lockedPart(c, node: commitPoint, key: key, attempt: decision.attempt, changes: changes, home: home,
                                                          decision: decision, ranges: ranges(changes), maps: maps)
-                    written.withLock { $0.merge(part.written) { $1 } }
+                    written.withLock { $0.merge(part) { $1 } }
                 }
             } else {
-                let pointRanges = Mutex<[String]>([])
                 let branches = order.map { node in
                     let part = byNode[node]!
-                    let isPoint = node == commitPoint
                     return TwoPhaseCommit.Branch(node: node) { c in
                         let done = try await self.lockedPart(c, node: node, key: key, attempt: decision.attempt, changes: part, home: home,
-                                                             decision: nil, ranges: ranges(part), maps: maps, deferFence: isPoint)
-                        written.withLock { $0.merge(done.written) { $1 } }
-                        if isPoint { pointRanges.withLock { $0 = done.unfenced } }
+                                                             decision: nil, ranges: ranges(part), maps: maps)
+                        written.withLock { $0.merge(done) { $1 } }
                     }
                 }
-                // The commit point's fence travels with its decision row, the statement before COMMIT.
+                // Every branch fenced its ranges in its balance update; the commit point's decision row
+                // is the statement before its COMMIT.
                 let outcome = try await twoPhase.run(decision: decision, branches: branches, commitPoint: commitPoint) { c in
-                    try await self.insertDecision(decision, ranges: pointRanges.withLock { $0 }, on: c)
+                    try await self.insertDecision(decision, ranges: [], on: c)
                 }
                 switch outcome {
                 case .committed: break
@@ -62,12 +60,18 @@ extension Bank {
         return .done(MovementResult(transferID: key, balances: seen.mapValues(\.balance), replayed: false))
     }
 
-    /// The decision row of a lock-first attempt, fenced (see ``DecisionRows/insertFenced(_:ranges:on:)``):
-    /// a committed attempt of the key → ``AlreadyDecided``; a range not active here → ``NotSimple``.
+    /// The decision row of a lock-first attempt, fenced by `ranges` when there are any (see
+    /// ``DecisionRows/insertFenced(_:ranges:on:)``): a committed attempt of the key →
+    /// ``AlreadyDecided``; a range not active here → ``NotSimple``.
     func insertDecision(_ decision: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws {
         let inserted: Bool
         do throws(MariaDBError) {
-            inserted = try await DecisionRows.insertFenced(decision, ranges: ranges, on: c)
+            if ranges.isEmpty {
+                try await DecisionRows.insert(decision, state: .committed, on: c)
+                inserted = true
+            } else {
+                inserted = try await DecisionRows.insertFenced(decision, ranges: ranges, on: c)
+            }
         } catch {
             if error.errorNumber == 1062 { throw AlreadyDecided() }
             throw error
@@ -78,50 +82,34 @@ extension Bank {
     /// One node's part of ``lockFirst`` inside its (local or XA) transaction: with `decision`, the
     /// decision row first — the idempotency check and the fence of the ranges the rows were last seen
     /// in, in one statement — then the rows locked in ascending id, the new balances in one update and
-    /// the postings in one insert. Ranges involved but not fenced yet are fenced by one shared-lock
-    /// read, or with `deferFence` returned in `unfenced` for the caller to fence before the commit
-    /// (a shared lock taken late and held to the end protects as well as one taken first).
+    /// the postings in one insert. The balance update is the fence of every range involved (the rows'
+    /// own ranges, active here, the new balances within their bounds): a shared lock taken late
+    /// protects as well as one taken first while it is held — in a local transaction to its COMMIT;
+    /// in an XA branch only to its PREPARE (see "Ranges that split and move" in docs/LEDGER.md).
     func lockedPart(_ c: MariaDBConnection, node: String, key: String, attempt: AttemptID, changes: [(Int64, Int64)], home: Int64,
-                            decision: DecisionRecord?, ranges hinted: [String], maps: LedgerMaps, deferFence: Bool = false) async throws
-        -> (written: [Int64: (location: Location, balance: Money)], unfenced: [String]) {
-        var fenced: Set<String> = []
-        if let decision {
-            try await insertDecision(decision, ranges: hinted, on: c)
-            fenced = Set(hinted)
-        }
+                    decision: DecisionRecord?, ranges hinted: [String], maps: LedgerMaps) async throws
+        -> [Int64: (location: Location, balance: Money)] {
+        if let decision { try await insertDecision(decision, ranges: hinted, on: c) }
         let ids = changes.map(\.0).sorted()
         let rows = try await AccountSQL.lock(c, ids)
         guard rows.count == ids.count else { throw NotSimple() }
         if let homeRow = rows.first(where: { $0.accountID == home }), !homeRow.previousNodes.isEmpty { throw NotSimple() }
         var updates: [(id: Int64, balance: Int64, range: String)] = []
         var postings: [AccountSQL.Posting] = []
-        var needed: Set<String> = []
         for row in rows {
             let delta = changes.first { $0.0 == row.accountID }!.1
             let after = try newBalance(of: row.accountID, from: row.balance, adding: delta)
             let target = try maps.accounts.range(for: after)
             // Another range, even on this node, means the directory entry changes too: the general path's.
             guard target.node == node, target.id == row.range else { throw NotSimple() }
-            needed.formUnion([row.range, target.id])
             updates.append((row.accountID, after, target.id))
             postings.append(.init(account: row.accountID, amount: delta, balanceAfter: after))
         }
-        // Ranges not fenced yet (shared locks held to the end, so a handover waits for us): with one
-        // posting, in the statement that inserts it; otherwise one read first.
-        let missing = needed.subtracting(fenced).sorted()
-        let fenceWithPosting = !missing.isEmpty && !deferFence && postings.count == 1
-        if !missing.isEmpty && !deferFence && !fenceWithPosting {
-            guard try await AccountSQL.fenceActive(c, ranges: missing) else { throw NotSimple() }
-        }
-        // The map may be behind a split: the node's bounds decide (nothing written otherwise).
+        // The fence of every range involved (the rows' own): active here, and the new balances in the
+        // bounds the node holds — the map may be behind a split. Nothing is written otherwise.
         guard try await AccountSQL.updateFenced(c, updates) else { throw NotSimple() }
-        if fenceWithPosting {
-            guard try await AccountSQL.journalFenced(c, transferID: key, attempt: attempt, posting: postings[0], ranges: missing) else { throw NotSimple() }
-        } else {
-            try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: postings)
-        }
-        let written = Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
-        return (written, deferFence ? missing : [])
+        try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: postings)
+        return Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
     }
 
     /// One local transaction on `node` that writes `decision`'s row: `body`, then COMMIT. Errors of

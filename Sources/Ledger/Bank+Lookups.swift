@@ -6,9 +6,14 @@ import Sharding
 extension Bank {
     /// Finds an account's row: the cached node, else the node owning its directory entry's range;
     /// follows moves. Only rows of ranges served on their node count (``AccountSQL/read(_:_:)``).
+    /// A range in a move's switch (`frozen`, or `moved` before the map names its new node) serves
+    /// no copy for a moment: the lookup waits for the maps to change, as a write does, up to the
+    /// move wait (then `range_moving`).
     func locate(_ id: Int64) async throws -> (AccountSQL.Row, String) {
         var maps = try self.maps()
-        for attempt in 0..<6 {
+        var moving = MoveWait(limit: moveWait)
+        var attempt = 0
+        while attempt < 6 {
             if attempt == 2 {
                 // Not where the map's owner of its range is, twice: the map may be behind a move.
                 try? await refreshMaps()
@@ -27,9 +32,17 @@ extension Bank {
                 locations.withLock { $0[id] = Location(node: node, range: row.range) }
                 return (row, node)
             }
-            // Moving right now: the directory commits with the row, so look again shortly.
             locations.withLock { _ = $0.removeValue(forKey: id) }
+            if try await connections.withConnection(node, { try await AccountSQL.isMoving($0, range: entry.range) }) {
+                moving.planned(maps: maps)
+                if moving.shouldRefresh { try? await refreshMaps() }
+                try await moving.wait(maps: self.maps, what: "reading account \(id)", cause: nil)
+                maps = try self.maps()
+                continue
+            }
+            // Crossing to another node right now: the directory commits with the row, so look again shortly.
             try await Task.sleep(for: .milliseconds(5 << attempt))
+            attempt += 1
         }
         throw LedgerError(.aborted, "account \(id) kept moving while it was looked up; try again")
     }

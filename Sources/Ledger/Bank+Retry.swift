@@ -92,6 +92,7 @@ extension Bank {
                 try await Task.sleep(for: pause)
                 action = policy.backedOff(allLocationsKnown: hints() != nil)
             case .awaitMapChange:
+                if moving.shouldRefresh { try? await refreshMaps() }
                 try await moving.wait(maps: maps, what: "\(kind) \(key)", cause: lastCause)
                 locations.withLock { l in accounts.forEach { l[$0] = nil } }
                 action = policy.mapsChanged()
@@ -123,6 +124,11 @@ struct MoveWait {
     private var deadline: ContinuousClock.Instant?
     /// The map versions the last plan was made from.
     private var seen: (accounts: Int64, directory: Int64)?
+    private var slices = 0
+
+    /// Once, after a few slices without a change: the maps are read from etcd, in case the watch
+    /// that keeps the cache is behind (a switched range stays `moved` on its old node).
+    var shouldRefresh: Bool { slices == 3 }
 
     init(limit: Duration) { self.limit = limit }
 
@@ -134,6 +140,7 @@ struct MoveWait {
     /// Waits for the maps to change or for a slice to pass; throws `range_moving` past the limit.
     mutating func wait(maps: @Sendable () throws -> LedgerMaps, what: String, cause: (any Error)?) async throws {
         let clock = ContinuousClock()
+        slices += 1
         let end = deadline ?? clock.now.advanced(by: limit)
         deadline = end
         let slice = min(end, clock.now.advanced(by: .milliseconds(100)))

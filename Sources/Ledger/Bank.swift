@@ -147,6 +147,7 @@ public final class Bank: Sendable {
                 try await Task.sleep(for: pause)
                 action = policy.backedOff(allLocationsKnown: false)
             case .awaitMapChange:
+                if moving.shouldRefresh { try? await refreshMaps() }
                 try await moving.wait(maps: maps, what: "opening account \(idempotencyKey)", cause: lastCause)
                 action = policy.mapsChanged()
             case .giveUp:

@@ -34,6 +34,9 @@ final class ConnectionHandle: @unchecked Sendable {
         mysql_options(mysql, MYSQL_OPT_READ_TIMEOUT, &readTimeout)
         mysql_options(mysql, MYSQL_OPT_WRITE_TIMEOUT, &writeTimeout)
         mysql_options(mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4")
+        if let isolation = config.sessionIsolation {
+            mysql_options(mysql, MYSQL_INIT_COMMAND, "SET SESSION TRANSACTION ISOLATION LEVEL \(isolation.rawValue)")
+        }
         var off: my_bool = 0
         var on: my_bool = 1
         mysql_options(mysql, MYSQL_OPT_RECONNECT, &off)

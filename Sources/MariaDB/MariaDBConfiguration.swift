@@ -29,6 +29,10 @@ public struct MariaDBConfiguration: Sendable, Hashable {
     public var writeTimeout: Int
     public var tlsMode: TLSMode
     public var tlsCAFile: String?
+    /// The isolation level every session starts with, whatever the server's default
+    /// (`transaction_isolation`): the ledger's fences are locking reads inside writes, which take
+    /// no locks under READ COMMITTED. nil: the server's default.
+    public var sessionIsolation: IsolationLevel? = .repeatableRead
 
     public init(
         label: String, host: String = "127.0.0.1", port: Int = 3306, unixSocket: String? = nil,

@@ -302,7 +302,7 @@ public struct XID: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Transaction isolation levels.
-public enum IsolationLevel: String, Sendable {
+public enum IsolationLevel: String, Sendable, Hashable {
     case readUncommitted = "READ UNCOMMITTED"
     case readCommitted = "READ COMMITTED"
     case repeatableRead = "REPEATABLE READ"

@@ -256,3 +256,60 @@ struct MariaDBTLSTests {
         }
     }
 }
+
+@Suite("Session isolation and XA locks on a real mariadbd", .serialized)
+struct MariaDBIsolationTests {
+    @Test("sessions run REPEATABLE READ even on a server whose default is READ COMMITTED (the fences' locking reads rely on it)")
+    func isolationPinned() async throws {
+        try await withCluster(mariadbOptions: ["transaction_isolation=READ-COMMITTED"]) { cluster in
+            var configuration = try cluster.bankConfiguration("node1")
+            let pinned = try await MariaDBConnection.connect(configuration: configuration)
+            #expect(try await pinned.query("SELECT @@tx_isolation AS i").rows.first?.string("i") == "REPEATABLE-READ")
+            await pinned.close()
+            configuration.sessionIsolation = nil
+            let serverDefault = try await MariaDBConnection.connect(configuration: configuration)
+            #expect(try await serverDefault.query("SELECT @@tx_isolation AS i").rows.first?.string("i") == "READ-COMMITTED")
+            await serverDefault.close()
+        }
+    }
+
+    /// A platform fact a range move must respect: MariaDB 10.11 releases an XA branch's shared
+    /// locks at XA PREPARE (its exclusive row locks stay) unless the branch is SERIALIZABLE. A
+    /// prepared participant therefore does not hold its fence: a move that freezes a range must
+    /// then wait for the branches prepared before the freeze to end. If this test fails, the
+    /// server keeps the locks and that wait is merely redundant.
+    @Test("XA PREPARE releases a branch's shared locks (not under SERIALIZABLE): a freeze does not wait for a prepared branch")
+    func prepareReleasesSharedLocks() async throws {
+        try await withCluster { cluster in
+            let setup = try await connect(cluster)
+            try await setup.query("CREATE TABLE ownership (id INT PRIMARY KEY, state VARCHAR(16)) ENGINE=InnoDB")
+            try await setup.query("INSERT INTO ownership VALUES (1, 'active')")
+            try await setup.query("CREATE TABLE accounts (id INT PRIMARY KEY, balance INT) ENGINE=InnoDB")
+            try await setup.query("INSERT INTO accounts VALUES (1, 0)")
+            for (isolation, freezeWaits) in [("REPEATABLE READ", false), ("SERIALIZABLE", true)] {
+                let branch = try await connect(cluster)
+                let xid = XID(gtrid: "prepare-\(freezeWaits)")
+                try await branch.query("SET TRANSACTION ISOLATION LEVEL \(isolation)")
+                try await branch.xaStart(xid)
+                // A participant's work: the fence read, then its write.
+                _ = try await branch.query("SELECT state FROM ownership WHERE id = 1 LOCK IN SHARE MODE")
+                try await branch.query("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+                try await branch.xaEnd(xid)
+                try await branch.xaPrepare(xid)
+                let mover = try await connect(cluster)
+                try await mover.query("SET SESSION innodb_lock_wait_timeout = 1")
+                do {
+                    try await mover.query("UPDATE ownership SET state = 'frozen' WHERE id = 1")
+                    #expect(!freezeWaits, "the freeze went through a \(isolation) prepared branch's shared lock")
+                    try await mover.query("UPDATE ownership SET state = 'active' WHERE id = 1")
+                } catch let error as MariaDBError {
+                    #expect(freezeWaits && error.errorNumber == 1205, "\(isolation): \(error)")
+                }
+                try await branch.xaRollback(xid)
+                await branch.close()
+                await mover.close()
+            }
+            await setup.close()
+        }
+    }
+}

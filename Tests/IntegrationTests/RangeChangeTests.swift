@@ -99,11 +99,12 @@ struct RangeChangeTests {
         }
     }
 
-    @Test("a range frozen for a move is waited for: the operation goes on on the new node once the map switches")
-    func waitsForMovingRange() async throws {
+    @Test("a range frozen for a move, or moved before the map names its new node, is waited for: the operation goes on on the new node once the map switches",
+          arguments: ["frozen", "moved"])
+    func waitsForMovingRange(_ state: String) async throws {
         try await withBank { _, bank, connections in
             let a = try await bank.openAccount(customerName: "waits", balance: money("100.00"), idempotencyKey: "open-w")
-            try await connections.withConnection("node1") { try await $0.execute("UPDATE range_ownership SET state = 'frozen' WHERE map_name = 'accounts' AND range_id = 'a1'") }
+            try await connections.withConnection("node1") { try await $0.execute("UPDATE range_ownership SET state = ? WHERE map_name = 'accounts' AND range_id = 'a1'", [.string(state)]) }
             let maps = Mutex(Self.seed)
             let router = Bank(connections: connections, maps: { maps.withLock { $0 } }, refreshMaps: {}, nextAccountID: { -1 },
                               moveWait: .seconds(10), logger: testLogger)
