@@ -130,7 +130,108 @@ public enum BankSchema {
               MODIFY range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL
             """,
         ]),
+        // Prepares online range moves (the move itself is not here). A mover sets a range's `capture` to
+        // 1 under an exclusive lock on its `range_ownership` row; from then on, every write to a row of
+        // that range logs the account in `range_changes`, in the writer's transaction, for the mover to
+        // replay after its copy. The triggers read the ownership row in share mode, so the mover's
+        // exclusive lock waits for writes in flight and a write waits for the switch: no write commits
+        // unseen by both the copy and the log. With capture off they write nothing: one primary-key
+        // lookup per range touched, on a row the write's fence has share-locked already.
+        // `transfers.home_account` finds the decision rows an account is home of (they move with it);
+        // `account_info (balance_range, balance)` gives a range's median balance for a split.
+        // Every statement is idempotent (IF NOT EXISTS, CREATE OR REPLACE), so a crash between two of
+        // them is repaired by running the migration again.
+        Migration(version: 4, name: "capture of writes for range moves", statements: [
+            "ALTER TABLE range_ownership ADD COLUMN IF NOT EXISTS capture TINYINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE IF NOT EXISTS range_changes (
+              seq BIGINT NOT NULL AUTO_INCREMENT,
+              map_name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              account_id BIGINT NOT NULL,
+              changed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (seq),
+              KEY by_range (map_name, range_id, seq)
+            ) ENGINE=InnoDB
+            """,
+            """
+            ALTER TABLE transfers
+              ADD COLUMN IF NOT EXISTS home_account BIGINT AS (COALESCE(from_account, to_account)) PERSISTENT,
+              ADD KEY IF NOT EXISTS by_home (home_account)
+            """,
+            "ALTER TABLE account_info ADD KEY IF NOT EXISTS by_range_balance (balance_range, balance)",
+        ] + BankSchema.captureTriggers(table: "account_info", map: "accounts", rangeColumn: "balance_range")
+          + BankSchema.captureTriggers(table: "account_directory", map: "directory", rangeColumn: "directory_range")),
     ]
+
+    /// The triggers of schema v4 on `table`: after an insert, update or delete, one `range_changes`
+    /// row (`map`, the range, the account) per range the row was or is in whose `range_ownership`
+    /// row has `capture = 1` — an update logs its old and its new range (once when they are the
+    /// same). The ownership row is read `LOCK IN SHARE MODE` whatever its `capture`, and only by
+    /// primary key, so the lock is held to the end of the transaction under any isolation level.
+    /// A range this node does not hold (no ownership row) logs nothing; the fence refuses such
+    /// writes anyway.
+    static func captureTriggers(table: String, map: String, rangeColumn range: String) -> [String] {
+        let old = CaptureRow(map: map, range: range, row: "OLD")
+        let new = CaptureRow(map: map, range: range, row: "NEW")
+        return [
+            trigger(table, "INSERT", """
+                  \(new.readCapture(into: "c"))
+                  IF c = 1 THEN \(new.log) END IF;
+                """),
+            trigger(table, "UPDATE", """
+                  \(old.readCapture(into: "c"))
+                  IF c = 1 THEN \(old.log) END IF;
+                  IF NEW.\(range) <> OLD.\(range) THEN
+                    \(new.readCapture(into: "c_new"))
+                    IF c_new = 1 THEN \(new.log) END IF;
+                  ELSEIF c = 1 AND NEW.account_id <> OLD.account_id THEN
+                    \(new.log)
+                  END IF;
+                """),
+            trigger(table, "DELETE", """
+                  \(old.readCapture(into: "c"))
+                  IF c = 1 THEN \(old.log) END IF;
+                """),
+        ]
+    }
+
+    /// One side (`OLD` or `NEW`) of a row in a capture trigger.
+    private struct CaptureRow {
+        var map: String
+        var range: String
+        var row: String
+
+        func readCapture(into variable: String) -> String {
+            "SELECT capture INTO \(variable) FROM range_ownership WHERE map_name = '\(map)' AND range_id = \(row).\(range) LOCK IN SHARE MODE;"
+        }
+
+        var log: String {
+            "INSERT INTO range_changes (map_name, range_id, account_id) VALUES ('\(map)', \(row).\(range), \(row).account_id);"
+        }
+    }
+
+    private static func trigger(_ table: String, _ event: String, _ body: String) -> String {
+        """
+        CREATE OR REPLACE TRIGGER \(table)_capture_\(event.lowercased()) AFTER \(event) ON \(table) FOR EACH ROW
+        BEGIN
+          DECLARE c TINYINT DEFAULT 0;
+          DECLARE c_new TINYINT DEFAULT 0;
+          DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
+        \(body)
+        END
+        """
+    }
+
+    /// Runs one statement of a migration; a trigger the server refuses to create is said with what it needs.
+    private static func apply(_ statement: String, on connection: MariaDBConnection) async throws {
+        do {
+            try await connection.query(statement)
+        } catch {
+            guard statement.hasPrefix("CREATE OR REPLACE TRIGGER") else { throw error }
+            throw triggerPrivilegeError(error)
+        }
+    }
 
     /// The newest version this build knows.
     public static var latestVersion: Int { migrations.last?.version ?? 0 }
@@ -162,7 +263,7 @@ public enum BankSchema {
             for migration in migrations where !applied.contains(Int64(migration.version)) {
                 // MariaDB commits DDL implicitly; every statement is idempotent (IF NOT EXISTS), so a
                 // crash between a statement and the version row is repaired by running again.
-                for statement in migration.statements { try await connection.query(statement) }
+                for statement in migration.statements { try await apply(statement, on: connection) }
                 try await connection.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [.int(Int64(migration.version)), .string(migration.name)])
                 logger.info("applied schema migration", metadata: ["node": "\(connection.configuration.label)", "version": "\(migration.version)"])
                 done.append(migration.version)
@@ -173,6 +274,21 @@ public enum BankSchema {
             _ = try? await connection.query("SELECT RELEASE_LOCK('shardbank_schema_migration')")
             throw error
         }
+    }
+
+    /// A trigger the server refused to create, said with what it needs (docs/LEDGER.md, "Schema").
+    static func triggerPrivilegeError(_ error: MariaDBError) -> MariaDBError {
+        var error = error
+        switch error.errorNumber {
+        case 1419: // ER_BINLOG_CREATE_ROUTINE_NEED_SUPER
+            error.message = "schema v4 creates triggers, and this server writes a binary log: the migrating user needs SUPER, "
+                + "or the server log_bin_trust_function_creators=ON (safe with binlog_format=ROW); server said: " + error.message
+        case 1142, 1227: // ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
+            error.message = "schema v4 creates triggers: the migrating user needs the TRIGGER privilege on the bank database; server said: " + error.message
+        default:
+            break
+        }
+        return error
     }
 
     /// The database's current version (0 when never migrated).
