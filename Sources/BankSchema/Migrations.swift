@@ -130,7 +130,112 @@ public enum BankSchema {
               MODIFY range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL
             """,
         ]),
+        // Prepares online range moves (the move itself is not here): the `capture` flag and the
+        // `range_changes` log a mover's capture triggers write (``installCaptureTriggers(_:)``: not part
+        // of the schema, because with capture off they still cost ~15 % of the throughput — a mover
+        // installs them on its source for the time of the move). `transfers.home_account` finds the
+        // decision rows a movement's home account carries along when its range moves; an opening's
+        // decision belongs to its key's directory range, not to the account, so it has none.
+        // Every statement is idempotent (IF NOT EXISTS), so a crash between two of them is repaired
+        // by running the migration again.
+        Migration(version: 4, name: "change log for range moves", statements: [
+            "ALTER TABLE range_ownership ADD COLUMN IF NOT EXISTS capture TINYINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE IF NOT EXISTS range_changes (
+              seq BIGINT NOT NULL AUTO_INCREMENT,
+              map_name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              range_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              account_id BIGINT NOT NULL,
+              changed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+              PRIMARY KEY (seq),
+              KEY by_range (map_name, range_id, seq)
+            ) ENGINE=InnoDB
+            """,
+            """
+            ALTER TABLE transfers
+              ADD COLUMN IF NOT EXISTS home_account BIGINT AS (IF(kind = 'open', NULL, COALESCE(from_account, to_account))) PERSISTENT,
+              ADD KEY IF NOT EXISTS by_home (home_account)
+            """,
+        ]),
     ]
+
+    /// The capture triggers on `account_info` and `account_directory`, installed by a mover on its
+    /// source for the time of a move (``removeCaptureTriggers(_:)`` after). Creating a trigger waits
+    /// for the transactions that use the table (prepared XA branches too) and holds new ones back
+    /// meanwhile: a pause of the node's writes as long as its longest transaction. With a binary log
+    /// the user needs SUPER or the server `log_bin_trust_function_creators=ON` (the error says so).
+    public static func installCaptureTriggers(_ connection: MariaDBConnection) async throws {
+        for statement in captureTriggers(table: "account_info", map: "accounts", rangeColumn: "balance_range")
+            + captureTriggers(table: "account_directory", map: "directory", rangeColumn: "directory_range") {
+            do { try await connection.query(statement) } catch { throw triggerPrivilegeError(error) }
+        }
+    }
+
+    /// Drops the capture triggers (a node no move reads from).
+    public static func removeCaptureTriggers(_ connection: MariaDBConnection) async throws {
+        for table in ["account_info", "account_directory"] {
+            for event in ["insert", "update", "delete"] { try await connection.query("DROP TRIGGER IF EXISTS \(table)_capture_\(event)") }
+        }
+    }
+
+    /// The capture triggers on `table`: after an insert, update or delete, one `range_changes`
+    /// row (`map`, the range, the account) per range the row was or is in whose `range_ownership`
+    /// row has `capture = 1` — an update logs its old and its new range (once when they are the
+    /// same). The ownership row is read `LOCK IN SHARE MODE` whatever its `capture`, and only by
+    /// primary key, so the lock is held to the end of the transaction under any isolation level.
+    /// A range this node does not hold (no ownership row) logs nothing; the fence refuses such
+    /// writes anyway.
+    static func captureTriggers(table: String, map: String, rangeColumn range: String) -> [String] {
+        let old = CaptureRow(map: map, range: range, row: "OLD")
+        let new = CaptureRow(map: map, range: range, row: "NEW")
+        return [
+            trigger(table, "INSERT", """
+                  \(new.readCapture(into: "c"))
+                  IF c = 1 THEN \(new.log) END IF;
+                """),
+            trigger(table, "UPDATE", """
+                  \(old.readCapture(into: "c"))
+                  IF c = 1 THEN \(old.log) END IF;
+                  IF NEW.\(range) <> OLD.\(range) THEN
+                    \(new.readCapture(into: "c_new"))
+                    IF c_new = 1 THEN \(new.log) END IF;
+                  ELSEIF c = 1 AND NEW.account_id <> OLD.account_id THEN
+                    \(new.log)
+                  END IF;
+                """),
+            trigger(table, "DELETE", """
+                  \(old.readCapture(into: "c"))
+                  IF c = 1 THEN \(old.log) END IF;
+                """),
+        ]
+    }
+
+    /// One side (`OLD` or `NEW`) of a row in a capture trigger.
+    private struct CaptureRow {
+        var map: String
+        var range: String
+        var row: String
+
+        func readCapture(into variable: String) -> String {
+            "SELECT capture INTO \(variable) FROM range_ownership WHERE map_name = '\(map)' AND range_id = \(row).\(range) LOCK IN SHARE MODE;"
+        }
+
+        var log: String {
+            "INSERT INTO range_changes (map_name, range_id, account_id) VALUES ('\(map)', \(row).\(range), \(row).account_id);"
+        }
+    }
+
+    private static func trigger(_ table: String, _ event: String, _ body: String) -> String {
+        """
+        CREATE OR REPLACE TRIGGER \(table)_capture_\(event.lowercased()) AFTER \(event) ON \(table) FOR EACH ROW
+        BEGIN
+          DECLARE c TINYINT DEFAULT 0;
+          DECLARE c_new TINYINT DEFAULT 0;
+          DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
+        \(body)
+        END
+        """
+    }
 
     /// The newest version this build knows.
     public static var latestVersion: Int { migrations.last?.version ?? 0 }
@@ -173,6 +278,21 @@ public enum BankSchema {
             _ = try? await connection.query("SELECT RELEASE_LOCK('shardbank_schema_migration')")
             throw error
         }
+    }
+
+    /// A trigger the server refused to create, said with what it needs (docs/LEDGER.md, "Schema v4").
+    static func triggerPrivilegeError(_ error: any Error) -> any Error {
+        guard var error = error as? MariaDBError else { return error }
+        switch error.errorNumber {
+        case 1419: // ER_BINLOG_CREATE_ROUTINE_NEED_SUPER
+            error.message = "a range move creates capture triggers, and this server writes a binary log: the migrating user needs SUPER, "
+                + "or the server log_bin_trust_function_creators=ON (safe with binlog_format=ROW); server said: " + error.message
+        case 1142, 1227: // ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
+            error.message = "a range move creates capture triggers: the user needs the TRIGGER privilege on the bank database; server said: " + error.message
+        default:
+            break
+        }
+        return error
     }
 
     /// The database's current version (0 when never migrated).

@@ -1,0 +1,2 @@
+-- No capture triggers (schema v4 otherwise): what the index alone costs, for bench/capture-cost.sh (AFTER_SQL=…).
+DROP TRIGGER IF EXISTS account_info_capture_insert; DROP TRIGGER IF EXISTS account_info_capture_update; DROP TRIGGER IF EXISTS account_info_capture_delete; DROP TRIGGER IF EXISTS account_directory_capture_insert; DROP TRIGGER IF EXISTS account_directory_capture_update; DROP TRIGGER IF EXISTS account_directory_capture_delete;
