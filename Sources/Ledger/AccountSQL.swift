@@ -140,8 +140,11 @@ enum AccountSQL {
     }
 
     /// Locks a row for the rest of the transaction; the plan must still hold exactly.
+    /// The range is compared too: the plan fenced the range it read, and a relabel that kept the
+    /// version (a split's) would leave that fence on the wrong ownership row.
     static func lock(_ c: MariaDBConnection, _ expected: Row, node: String) async throws {
-        guard try await lock(c, expected.accountID, node: node).version == expected.version else {
+        let locked = try await lock(c, expected.accountID, node: node)
+        guard locked.version == expected.version, locked.range == expected.range else {
             throw PlanStale(reason: "account \(expected.accountID) changed on \(node) since it was read", stillThere: true)
         }
     }

@@ -20,34 +20,6 @@ private let splitMaps = LedgerMaps(
     ]),
     directory: SeedLayout.directoryMap())
 
-/// A bootstrapped three-node cluster with `maps`, the capture triggers installed, and a Bank over it.
-private func withCaptureBank(maps: LedgerMaps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap()), _ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
-    try await withCluster(nodes: 3, etcd: 1) { cluster in
-        let configuration = try await configurationFor(cluster)
-        try await withEtcd(cluster) { etcd in
-            try await Bootstrap(configuration: configuration, accounts: maps.accounts, directory: maps.directory)
-                .run(etcd: etcd, logger: testLogger, progress: { _ in })
-            let connections = NodeConnections(logger: testLogger)
-            for node in ["node1", "node2", "node3"] {
-                await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 8))
-            }
-            // As a mover does on its source for the time of a move (here: every node, for the whole test).
-            for node in ["node1", "node2", "node3"] {
-                try await connections.withConnection(node) { try await BankSchema.installCaptureTriggers($0) }
-            }
-            let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
-            let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
-            do {
-                try await body(cluster, bank, connections)
-            } catch {
-                await connections.shutdown()
-                throw error
-            }
-            await connections.shutdown()
-        }
-    }
-}
-
 /// `range_changes` of `node` in log order, as "map/range/account".
 private func changes(_ connections: NodeConnections, _ node: String) async throws -> [String] {
     try await connections.withConnection(node) { c in
@@ -179,7 +151,7 @@ struct RangeCaptureTests {
 
     @Test("capture off (the default): openings, deposits, withdrawals and transfers on one node and across write no range_changes row")
     func captureOffWritesNothing() async throws {
-        try await withCaptureBank { _, bank, connections in
+        try await withBank(captureTriggers: true) { _, bank, connections in
             for node in connections.nodes {
                 let on = try await connections.withConnection(node) { try await $0.query("SELECT COUNT(*) AS n FROM range_ownership WHERE capture <> 0").rows.first?.int64("n") }
                 #expect(on == 0, "\(node) has ranges with capture on after init")
@@ -203,7 +175,7 @@ struct RangeCaptureTests {
 
     @Test("capture on: the ledger's inserts, updates (both ranges when a balance crosses a boundary on its node), deletes and directory writes log (map, range, account), in one and two-node transactions")
     func captureOnLogsLedgerWrites() async throws {
-        try await withCaptureBank(maps: splitMaps) { _, bank, connections in
+        try await withBank(maps: splitMaps, captureTriggers: true) { _, bank, connections in
             for range in ["a1", "a1b"] { try await setCapture(connections, "node1", map: "accounts", range: range, true) }
             try await setCapture(connections, "node2", map: "accounts", range: "a2", true)
             // a3 on node3 stays off.
@@ -279,7 +251,7 @@ struct RangeCaptureTests {
 
     @Test("capture on: directory rows and account rows written by hand — insert, update in place, update to another range, delete")
     func captureOnLogsRowWrites() async throws {
-        try await withCaptureBank { cluster, _, connections in
+        try await withBank(captureTriggers: true) { cluster, _, connections in
             try await withSession(cluster, "node1") { c in
                 try await c.query("INSERT INTO range_ownership (map_name, range_id, lower_bound, upper_bound, epoch, state, capture) VALUES ('directory', 'dx', 0, 1, 1, 'moving', 1), ('accounts', 'ax', 0, 1, 1, 'moving', 0)")
                 try await c.query("UPDATE range_ownership SET capture = 1 WHERE map_name = 'directory' AND range_id = 'd1'")
@@ -317,7 +289,7 @@ struct RangeCaptureTests {
 
     @Test("the triggers read the ownership row in share mode: a mover's exclusive lock blocks writes, a write in flight blocks the mover, and a write that waited sees capture on")
     func shareLock() async throws {
-        try await withCaptureBank { cluster, bank, connections in
+        try await withBank(captureTriggers: true) { cluster, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
             #expect(a.node == "node1")
             let da = try directoryRange(of: a.id)
@@ -391,7 +363,7 @@ struct RangeCaptureTests {
 
     @Test("a trigger in an XA branch: its rows are logged with the branch, committed or rolled back with it")
     func xaBranch() async throws {
-        try await withCaptureBank { cluster, bank, connections in
+        try await withBank(captureTriggers: true) { cluster, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
             try await setCapture(connections, "node1", map: "accounts", range: "a1", true)
             try await withSession(cluster, "node1") { branch in
@@ -420,7 +392,7 @@ struct RangeCaptureTests {
     /// behaves otherwise is noticed.
     @Test("MariaDB drops a branch's share locks at XA PREPARE: a prepared branch that wrote with capture off does not hold up the switch, keeps its row locked, is listed by XA RECOVER, and commits unlogged")
     func preparedBranchReleasesShareLock() async throws {
-        try await withCaptureBank { cluster, bank, connections in
+        try await withBank(captureTriggers: true) { cluster, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
             try await withSession(cluster, "node1") { branch in
                 try await withSession(cluster, "node1") { mover in

@@ -1,4 +1,5 @@
 import Admin
+import BankSchema
 import ClusterMetadata
 import Etcd
 import Foundation
@@ -96,13 +97,17 @@ func withEtcd<T>(_ cluster: LocalCluster, username: String? = nil, password: Str
                                                                requestTimeout: requestTimeout), logger: testLogger, body)
 }
 
-/// Runs `body` with a fresh three-node cluster initialised by `ctl init` (seed layout) and an etcd
-/// client to it.
-func withInitialisedCluster(_ body: (inout LocalCluster, EtcdClient) async throws -> Void) async throws {
+/// The seed layout's maps, as `ctl init` writes them by default.
+let seedMaps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
+
+/// Runs `body` with a fresh three-node cluster initialised by `ctl init` (with `maps`, the seed
+/// layout by default) and an etcd client to it.
+func withInitialisedCluster(maps: LedgerMaps = seedMaps, _ body: (inout LocalCluster, EtcdClient) async throws -> Void) async throws {
     try await withCluster(nodes: 3, etcd: 1) { cluster in
         let configuration = try await configurationFor(cluster)
         try await withEtcd(cluster) { etcd in
-            try await Bootstrap(configuration: configuration).run(etcd: etcd, logger: testLogger, progress: { _ in })
+            try await Bootstrap(configuration: configuration, accounts: maps.accounts, directory: maps.directory)
+                .run(etcd: etcd, logger: testLogger, progress: { _ in })
             try await body(&cluster, etcd)
         }
     }
@@ -135,15 +140,17 @@ func makeCertificates(in dir: String) throws -> (ca: String, otherCA: String, ce
     return (file("ca.pem"), file("other.pem"), file("server.pem"), file("server.key"), file("other-name.pem"), file("other-name.key"))
 }
 
-/// A bootstrapped three-node cluster (seed layout) and a Bank over it.
-func withBank(_ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
-    try await withInitialisedCluster { cluster, etcd in
+/// A bootstrapped three-node cluster (`maps`, the seed layout by default) and a Bank over it; with
+/// `captureTriggers`, the capture triggers installed on every node, as a mover does on its source.
+func withBank(maps: LedgerMaps = seedMaps, captureTriggers: Bool = false,
+              _ body: (LocalCluster, Bank, NodeConnections) async throws -> Void) async throws {
+    try await withInitialisedCluster(maps: maps) { cluster, etcd in
         let connections = NodeConnections(logger: testLogger)
         for node in ["node1", "node2", "node3"] {
             await connections.register(node: node, configuration: try cluster.bankConfiguration(node), options: .init(maxConnections: 24))
+            if captureTriggers { try await connections.withConnection(node) { try await BankSchema.installCaptureTriggers($0) } }
         }
         let allocator = IDAllocator(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), blockSize: 50)
-        let maps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
         let bank = Bank(connections: connections, maps: { maps }, nextAccountID: { try await allocator.nextID() }, logger: testLogger)
         do {
             try await body(cluster, bank, connections)

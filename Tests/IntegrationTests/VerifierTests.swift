@@ -4,8 +4,6 @@ import MariaDB
 import Sharding
 import Testing
 
-private let seedMaps = LedgerMaps(accounts: SeedLayout.accountsMap(), directory: SeedLayout.directoryMap())
-
 private func verify(_ connections: NodeConnections, xaBound: Duration = .seconds(1)) async throws -> LedgerVerifier.Report {
     try await LedgerVerifier(connections: connections, maps: seedMaps).run(xaBound: xaBound, settle: .milliseconds(200))
 }
