@@ -50,13 +50,33 @@ enum AccountSQL {
         }
     }
 
-    /// The tail of an `INSERT … SELECT` (or a bare `SELECT 1`) that yields one row only if every
-    /// accounts-map range in `ranges` is active on this node. `INSERT … SELECT` reads
-    /// `range_ownership` with shared locks held to the end of the transaction — the fence, folded
-    /// into a write the transaction makes anyway, so a range handover waits for it.
-    static func activeRanges(_ ranges: [String]) -> (sql: String, parameters: [MariaDBValue]) {
-        ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND range_id IN (\(ranges.map { _ in "?" }.joined(separator: ", "))) HAVING COUNT(*) = ?",
-         ranges.map(MariaDBValue.string) + [.int(Int64(ranges.count))])
+    /// The new balances a write leaves in each accounts-map range: the lowest and the highest.
+    struct Span: Sendable, Hashable {
+        var range: String
+        var low: Int64
+        var high: Int64
+    }
+
+    /// Per range, the span of the new balances `changes` leave in it.
+    static func spans(_ changes: [(id: Int64, balance: Int64, range: String)]) -> [Span] {
+        var spans: [String: Span] = [:]
+        for change in changes {
+            var span = spans[change.range] ?? Span(range: change.range, low: change.balance, high: change.balance)
+            span.low = min(span.low, change.balance)
+            span.high = max(span.high, change.balance)
+            spans[change.range] = span
+        }
+        return spans.values.sorted { $0.range < $1.range }
+    }
+
+    /// The tail of an `INSERT … SELECT` (or the body of a subquery) that yields one row only if every
+    /// range of `spans` is active on this node and holds its span within the bounds the node has for
+    /// it (bounds are in minor units). A statement that writes reads `range_ownership` this way with
+    /// shared locks, held to the end: the fence, folded into a write the transaction makes anyway.
+    static func within(_ spans: [Span]) -> (sql: String, parameters: [MariaDBValue]) {
+        let each = spans.map { _ in "(range_id = ? AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?))" }.joined(separator: " OR ")
+        return ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND (\(each)) HAVING COUNT(*) = ?",
+                spans.flatMap { [MariaDBValue.string($0.range), .int($0.low), .int($0.high)] } + [.int(Int64(spans.count))])
     }
 
     struct Row: Sendable {
@@ -154,23 +174,12 @@ enum AccountSQL {
                             [.money(minorUnits: balance), .string(range), .int(id)])
     }
 
-    /// The balances of locked rows in one statement, written only if each new balance lies in the
-    /// bounds of its range as this node holds them, the range active: the lock-first path's fence by
-    /// bounds, folded into a statement it makes anyway (a statement that writes reads
-    /// `range_ownership` with shared locks, held to the end). False: nothing was written — the
-    /// router's map is behind (a split moved a bound), or a range is not active here.
-    static func updateFenced(_ c: MariaDBConnection, _ changes: [(id: Int64, balance: Int64, range: String)]) async throws -> Bool {
-        // Per range, the lowest and highest balance it must cover (bounds are in minor units).
-        var spans: [String: (low: Int64, high: Int64)] = [:]
-        for change in changes {
-            let s = spans[change.range]
-            spans[change.range] = (min(s?.low ?? change.balance, change.balance), max(s?.high ?? change.balance, change.balance))
-        }
-        let ranges = spans.keys.sorted()
-        let within = ranges.map { _ in "(range_id = ? AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?))" }.joined(separator: " OR ")
-        let fence = "(SELECT COUNT(*) FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND (\(within))) = ?"
-        let fenceParameters = ranges.flatMap { [MariaDBValue.string($0), .int(spans[$0]!.low), .int(spans[$0]!.high)] }
-            + [.int(Int64(ranges.count))]
+    /// The balances of locked rows in one statement. With `fenced`, written only if each new balance
+    /// lies in the bounds of its range as this node holds them, the range active (``within(_:)`` as a
+    /// subquery, whose shared locks are held to the end): the fence of a lock-first branch that has no
+    /// decision row to carry it. False: nothing was written — the router's map is behind (a split
+    /// moved a bound), or a range is not active here.
+    static func update(_ c: MariaDBConnection, _ changes: [(id: Int64, balance: Int64, range: String)], fenced: Bool) async throws -> Bool {
         let set: String
         let setParameters: [MariaDBValue]
         if changes.count == 1 {
@@ -182,9 +191,14 @@ enum AccountSQL {
             setParameters = changes.flatMap { [MariaDBValue.int($0.id), .money(minorUnits: $0.balance)] } + changes.flatMap { [MariaDBValue.int($0.id), .string($0.range)] }
         }
         let ids = changes.map { _ in "?" }.joined(separator: ", ")
-        let result = try await c.execute("UPDATE account_info SET \(set), row_version = row_version + 1 WHERE account_id IN (\(ids)) AND \(fence)",
-                                         setParameters + changes.map { .int($0.id) } + fenceParameters)
-        return result.affectedRows == UInt64(changes.count)
+        var sql = "UPDATE account_info SET \(set), row_version = row_version + 1 WHERE account_id IN (\(ids))"
+        var parameters = setParameters + changes.map { .int($0.id) }
+        if fenced {
+            let fence = within(spans(changes))
+            sql += " AND (SELECT COUNT(*) \(fence.sql.replacingOccurrences(of: " HAVING COUNT(*) = ?", with: ""))) = ?"
+            parameters += fence.parameters
+        }
+        return try await c.execute(sql, parameters).affectedRows == UInt64(changes.count)
     }
 
     /// One line of an account's statement, written by one attempt of a transfer.

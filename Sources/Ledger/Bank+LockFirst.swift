@@ -8,9 +8,10 @@ import Synchronization
 extension Bank {
     /// The common case, every decision made from locked rows and no read before the transaction: each
     /// account where it was last seen, no balance leaving its node, a home account that never lived
-    /// elsewhere. One node: a local transaction of five statements, the decision row first. Several:
-    /// two-phase commit whose branches lock first; the commit point (the home account's node) writes
-    /// the decision row, fenced, after the others are prepared.
+    /// elsewhere. One node: a local transaction of five statements, the rows locked, then the decision
+    /// row carrying the fence. Several: two-phase commit whose branches lock first and fence in their
+    /// balance update; the commit point (the home account's node) writes the decision row after the
+    /// others are prepared.
     /// Answers ``Try/notSimple`` — having written nothing — when the case is not this simple; the
     /// general path takes over.
     func lockFirst(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String,
@@ -23,13 +24,12 @@ extension Bank {
         let order = byNode.keys.sorted()
         let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
         let written = Mutex<[Int64: (location: Location, balance: Money)]>([:])
-        @Sendable func ranges(_ part: [(Int64, Int64)]) -> [String] { Set(part.map { hints[$0.0]!.range }).sorted() }
 
         do {
             if order.count == 1 {
                 try await localTransaction(on: commitPoint, decision: decision) { c in
                     let part = try await self.lockedPart(c, node: commitPoint, key: key, attempt: decision.attempt, changes: changes, home: home,
-                                                         decision: decision, ranges: ranges(changes), maps: maps)
+                                                         decision: decision, maps: maps)
                     written.withLock { $0.merge(part) { $1 } }
                 }
             } else {
@@ -37,14 +37,14 @@ extension Bank {
                     let part = byNode[node]!
                     return TwoPhaseCommit.Branch(node: node) { c in
                         let done = try await self.lockedPart(c, node: node, key: key, attempt: decision.attempt, changes: part, home: home,
-                                                             decision: nil, ranges: ranges(part), maps: maps)
+                                                             decision: nil, maps: maps)
                         written.withLock { $0.merge(done) { $1 } }
                     }
                 }
                 // Every branch fenced its ranges in its balance update; the commit point's decision row
                 // is the statement before its COMMIT.
                 let outcome = try await twoPhase.run(decision: decision, branches: branches, commitPoint: commitPoint) { c in
-                    try await self.insertDecision(decision, ranges: [], on: c)
+                    try await self.insertDecision(decision, spans: [], on: c)
                 }
                 switch outcome {
                 case .committed: break
@@ -60,17 +60,17 @@ extension Bank {
         return .done(MovementResult(transferID: key, balances: seen.mapValues(\.balance), replayed: false))
     }
 
-    /// The decision row of a lock-first attempt, fenced by `ranges` when there are any (see
-    /// ``DecisionRows/insertFenced(_:ranges:on:)``): a committed attempt of the key →
-    /// ``AlreadyDecided``; a range not active here → ``NotSimple``.
-    func insertDecision(_ decision: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws {
+    /// The decision row of a lock-first attempt, fenced by bounds when `spans` names any (see
+    /// ``DecisionRows/insertFenced(_:within:on:)``): a committed attempt of the key →
+    /// ``AlreadyDecided``; a range not active here, or not covering its new balances → ``NotSimple``.
+    func insertDecision(_ decision: DecisionRecord, spans: [AccountSQL.Span], on c: MariaDBConnection) async throws {
         let inserted: Bool
         do throws(MariaDBError) {
-            if ranges.isEmpty {
+            if spans.isEmpty {
                 try await DecisionRows.insert(decision, state: .committed, on: c)
                 inserted = true
             } else {
-                inserted = try await DecisionRows.insertFenced(decision, ranges: ranges, on: c)
+                inserted = try await DecisionRows.insertFenced(decision, within: spans, on: c)
             }
         } catch {
             if error.errorNumber == 1062 { throw AlreadyDecided() }
@@ -79,17 +79,17 @@ extension Bank {
         guard inserted else { throw NotSimple() }
     }
 
-    /// One node's part of ``lockFirst`` inside its (local or XA) transaction: with `decision`, the
-    /// decision row first — the idempotency check and the fence of the ranges the rows were last seen
-    /// in, in one statement — then the rows locked in ascending id, the new balances in one update and
-    /// the postings in one insert. The balance update is the fence of every range involved (the rows'
-    /// own ranges, active here, the new balances within their bounds): a shared lock taken late
-    /// protects as well as one taken first while it is held — in a local transaction to its COMMIT;
-    /// in an XA branch only to its PREPARE (see "Ranges that split and move" in docs/LEDGER.md).
+    /// One node's part of ``lockFirst`` inside its (local or XA) transaction: the rows locked in
+    /// ascending id; with `decision`, the decision row — the idempotency check and the fence by bounds
+    /// of the ranges involved (the rows' own: active here, the new balances within the bounds the node
+    /// holds, for the map may be behind a split), in one statement; then the new balances in one
+    /// update and the postings in one insert. Without a decision row, the balance update carries the
+    /// fence. A shared lock taken late protects as well as one taken first while it is held — in a
+    /// local transaction to its COMMIT; in an XA branch only to its PREPARE (see "Ranges that split
+    /// and move" in docs/LEDGER.md).
     func lockedPart(_ c: MariaDBConnection, node: String, key: String, attempt: AttemptID, changes: [(Int64, Int64)], home: Int64,
-                    decision: DecisionRecord?, ranges hinted: [String], maps: LedgerMaps) async throws
+                    decision: DecisionRecord?, maps: LedgerMaps) async throws
         -> [Int64: (location: Location, balance: Money)] {
-        if let decision { try await insertDecision(decision, ranges: hinted, on: c) }
         let ids = changes.map(\.0).sorted()
         let rows = try await AccountSQL.lock(c, ids)
         guard rows.count == ids.count else { throw NotSimple() }
@@ -105,9 +105,12 @@ extension Bank {
             updates.append((row.accountID, after, target.id))
             postings.append(.init(account: row.accountID, amount: delta, balanceAfter: after))
         }
-        // The fence of every range involved (the rows' own): active here, and the new balances in the
-        // bounds the node holds — the map may be behind a split. Nothing is written otherwise.
-        guard try await AccountSQL.updateFenced(c, updates) else { throw NotSimple() }
+        if let decision {
+            try await insertDecision(decision, spans: AccountSQL.spans(updates), on: c)
+            guard try await AccountSQL.update(c, updates, fenced: false) else { throw NotSimple() }
+        } else {
+            guard try await AccountSQL.update(c, updates, fenced: true) else { throw NotSimple() }
+        }
         try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: postings)
         return Dictionary(uniqueKeysWithValues: updates.map { ($0.id, (Location(node: node, range: $0.range), Money(minorUnits: $0.balance))) })
     }

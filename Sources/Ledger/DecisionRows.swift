@@ -38,12 +38,12 @@ enum DecisionRows {
         try await c.execute("INSERT INTO transfers (\(columns)) VALUES (\(placeholders))", values(record, state))
     }
 
-    /// Inserts a committed decision row only if every accounts-map range in `ranges` is active on this
-    /// node. One statement is both the idempotency check (1062 when the transfer is committed already)
-    /// and the fence (``AccountSQL/activeRanges(_:)``). Returns false (nothing written) when a range is
-    /// not active here.
-    static func insertFenced(_ record: DecisionRecord, ranges: [String], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
-        let fence = AccountSQL.activeRanges(ranges)
+    /// Inserts a committed decision row only if every range of `spans` is active on this node and
+    /// holds its span of new balances (``AccountSQL/within(_:)``). One statement is both the
+    /// idempotency check (1062 when the transfer is committed already) and the fence by bounds.
+    /// Returns false (nothing written) when a range is not active here or does not cover its span.
+    static func insertFenced(_ record: DecisionRecord, within spans: [AccountSQL.Span], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
+        let fence = AccountSQL.within(spans)
         let result = try await c.execute("INSERT INTO transfers (\(columns)) SELECT \(placeholders) \(fence.sql)",
                                          values(record, .committed) + fence.parameters)
         return result.affectedRows == 1
