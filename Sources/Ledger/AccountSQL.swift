@@ -69,14 +69,16 @@ enum AccountSQL {
         return spans.values.sorted { $0.range < $1.range }
     }
 
-    /// The tail of an `INSERT … SELECT` (or the body of a subquery) that yields one row only if every
-    /// range of `spans` is active on this node and holds its span within the bounds the node has for
-    /// it (bounds are in minor units). A statement that writes reads `range_ownership` this way with
-    /// shared locks, held to the end: the fence, folded into a write the transaction makes anyway.
-    static func within(_ spans: [Span]) -> (sql: String, parameters: [MariaDBValue]) {
+    /// The `FROM … WHERE` that selects one `range_ownership` row per range of `spans` that is active
+    /// on this node and holds its span within the bounds the node has for it (bounds are in minor
+    /// units): the fence holds when it counts `spans.count` rows. A statement that writes reads
+    /// `range_ownership` this way with shared locks, held to the end: the fence, folded into a write
+    /// the transaction makes anyway (`INSERT … SELECT … HAVING COUNT(*) = n`, or `UPDATE … WHERE
+    /// (SELECT COUNT(*) …) = n`).
+    static func within(_ spans: [Span]) -> (from: String, parameters: [MariaDBValue]) {
         let each = spans.map { _ in "(range_id = ? AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?))" }.joined(separator: " OR ")
-        return ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND (\(each)) HAVING COUNT(*) = ?",
-                spans.flatMap { [MariaDBValue.string($0.range), .int($0.low), .int($0.high)] } + [.int(Int64(spans.count))])
+        return ("FROM range_ownership WHERE map_name = 'accounts' AND state = 'active' AND (\(each))",
+                spans.flatMap { [MariaDBValue.string($0.range), .int($0.low), .int($0.high)] })
     }
 
     struct Row: Sendable {
@@ -194,9 +196,10 @@ enum AccountSQL {
         var sql = "UPDATE account_info SET \(set), row_version = row_version + 1 WHERE account_id IN (\(ids))"
         var parameters = setParameters + changes.map { .int($0.id) }
         if fenced {
-            let fence = within(spans(changes))
-            sql += " AND (SELECT COUNT(*) \(fence.sql.replacingOccurrences(of: " HAVING COUNT(*) = ?", with: ""))) = ?"
-            parameters += fence.parameters
+            let spans = spans(changes)
+            let fence = within(spans)
+            sql += " AND (SELECT COUNT(*) \(fence.from)) = ?"
+            parameters += fence.parameters + [.int(Int64(spans.count))]
         }
         return try await c.execute(sql, parameters).affectedRows == UInt64(changes.count)
     }

@@ -44,8 +44,8 @@ enum DecisionRows {
     /// Returns false (nothing written) when a range is not active here or does not cover its span.
     static func insertFenced(_ record: DecisionRecord, within spans: [AccountSQL.Span], on c: MariaDBConnection) async throws(MariaDBError) -> Bool {
         let fence = AccountSQL.within(spans)
-        let result = try await c.execute("INSERT INTO transfers (\(columns)) SELECT \(placeholders) \(fence.sql)",
-                                         values(record, .committed) + fence.parameters)
+        let result = try await c.execute("INSERT INTO transfers (\(columns)) SELECT \(placeholders) \(fence.from) HAVING COUNT(*) = ?",
+                                         values(record, .committed) + fence.parameters + [.int(Int64(spans.count))])
         return result.affectedRows == 1
     }
 

@@ -55,6 +55,33 @@ struct RangeChangeTests {
         }
     }
 
+    @Test("fence by bounds in a participant: a two-node transfer from a router on the pre-split map cannot credit a balance under a range that no longer covers it")
+    func fenceByBoundsInParticipant() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "credited", balance: money("100.00"), idempotencyKey: "open-pa")  // node1, a1
+            let b = try await bank.openAccount(customerName: "debited", balance: money("20000.00"), idempotencyKey: "open-pb") // node2, a2
+            let split = LedgerMaps(accounts: try Self.seed.accounts.splitting("a1", at: 50_000, newID: "a4"), directory: Self.seed.directory)
+            try await connections.withConnection("node1") { c in
+                try await c.execute("INSERT INTO range_ownership (map_name, range_id, lower_bound, upper_bound, epoch, state) VALUES ('accounts', 'a4', 50000, 1000001, 1, 'active')")
+                try await c.execute("UPDATE range_ownership SET upper_bound = 50000 WHERE map_name = 'accounts' AND range_id = 'a1'")
+            }
+            let maps = Mutex(Self.seed)
+            let router = Bank(connections: connections, maps: { maps.withLock { $0 } }, refreshMaps: { maps.withLock { $0 = split } },
+                              nextAccountID: { -1 }, logger: testLogger)
+            // Both places learnt (the next transfer takes the lock-first path: node1 is a participant, node2 the commit point).
+            _ = try await router.transfer(from: b.id, to: a.id, amount: money("1.00"), idempotencyKey: "t-small")
+            // 101.00 + 900.00 = 1,001.00: a1 on the router's map, a4 on node1.
+            let result = try await router.transfer(from: b.id, to: a.id, amount: money("900.00"), idempotencyKey: "t-over-split")
+            #expect(result.balances[a.id] == money("1001.00"))
+            let range = try await connections.withConnection("node1") {
+                try await $0.execute("SELECT balance_range FROM account_info WHERE account_id = ?", [.int(a.id)]).rows.first?.string("balance_range")
+            }
+            #expect(range == "a4")
+            let report = try await LedgerVerifier(connections: connections, maps: split).run()
+            #expect(report.clean, "\(report.summary)")
+        }
+    }
+
     @Test("reads are fenced: a copy of an account in a range its node does not serve is never read or listed")
     func readsFenced() async throws {
         try await withBank { _, bank, connections in
