@@ -132,6 +132,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Online range moves as a runner: the move state machine's steps against the nodes and etcd.
+        .target(
+            name: "Mover",
+            dependencies: [
+                "Moves", "Ledger", "BankSchema", "ClusterMetadata", "MariaDB", "Sharding",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Operator actions behind `ctl`: bootstrap, status, benchmarks of the drivers; the bank's
         // runtime (metadata watch, pools that follow the node registry) that `serve` and `bench` run.
         .target(
@@ -148,7 +157,7 @@ let package = Package(
         .executableTarget(
             name: "shardbank",
             dependencies: [
-                "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding", "Ledger", "API",
+                "Admin", "LocalCluster", "ShardBankConfig", "ClusterMetadata", "Etcd", "MariaDB", "Sharding", "Ledger", "API", "Mover", "Moves",
                 "BankSchema", "Agent", "Health",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -177,7 +186,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "Sharding", "MariaDB", "Etcd", "ClusterMetadata", "BankSchema", "LocalCluster", "Admin",
-                "ShardBankConfig", "Ledger", "Agent", "Health",
+                "ShardBankConfig", "Ledger", "Agent", "Health", "Mover", "Moves",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import Etcd
 import Foundation
+import Sharding
 
 /// A long operation on the cluster (a range move, split, drain, rebalance), kept in etcd at
 /// `jobs/{id}` so that any process can show it, resume it or cancel it. Its runner holds
@@ -41,8 +42,15 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public var range: String?
     public var from: String?
     public var to: String?
-    /// The epoch the target's ownership row gets (the source's + 1).
+    /// The epoch the target's ownership row gets (above the source's; a runner taking the job over
+    /// raises it, so the runner it replaced can no longer write on the target).
     public var epoch: Int64?
+    /// The source's ownership epoch when the job began: steps on the source compare it.
+    public var sourceEpoch: Int64?
+    /// The last key a copy finished with (a move resumes its copy after it).
+    public var cursor: Int64?
+    /// When the map first named the target: the source's moved decision rows are kept a while after.
+    public var publishedAt: Date?
     /// The kind's own phase names (a move's: ``MovePhase`` raw values), `done` or `cancelled` at the end.
     public var phase: String
     /// The job that started this one (a rebalance's moves).
@@ -64,6 +72,9 @@ public struct JobRecord: Sendable, Hashable, Codable {
         self.from = from
         self.to = to
         self.epoch = epoch
+        self.sourceEpoch = nil
+        self.cursor = nil
+        self.publishedAt = nil
         self.phase = phase
         self.parent = parent
         self.rows = Rows()
@@ -86,6 +97,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
     enum CodingKeys: String, CodingKey {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
+        case sourceEpoch = "source_epoch", cursor, publishedAt = "published_at"
     }
 }
 
@@ -171,6 +183,38 @@ extension MetadataStore {
             throw MetadataError(error, while: "updating job \(record.id)")
         } catch {
             throw MetadataError(.etcd, "updating job \(record.id): \(error)", underlying: error)
+        }
+    }
+
+    /// Writes `map` and `record` in one transaction if neither changed since it was read (a move's
+    /// switch is published together with the phase that says so). `.conflict` names which changed.
+    public func saveMapAndJob(_ map: RangeMap, as name: MetadataKeys.MapName, mapRevision: Int64,
+                              _ record: JobRecord, jobRevision: Int64) async throws(MetadataError) -> Int64 {
+        do { try map.validate() } catch { throw MetadataError(.invalid, error.description, underlying: error) }
+        do {
+            let result = try await etcd.transaction(
+                compare: [.modRevision(keys.shardMap(name), is: mapRevision), .modRevision(keys.job(record.id), is: jobRevision)],
+                success: [saveMapOperation(map, as: name), .put(key: keys.job(record.id), value: Self.encodeJob(record), lease: nil)])
+            guard result.succeeded else {
+                throw MetadataError(.conflict, "shard map \(name.rawValue) or job \(record.id) changed since they were read; reload them")
+            }
+            return result.revision
+        } catch let error as MetadataError {
+            throw error
+        } catch let error as EtcdError {
+            throw MetadataError(error, while: "publishing map \(name.rawValue) for job \(record.id)")
+        } catch {
+            throw MetadataError(.etcd, "publishing map \(name.rawValue) for job \(record.id): \(error)", underlying: error)
+        }
+    }
+
+    /// Gives up the job's ownership at once (instead of when the runner's lease expires).
+    public func releaseJob(_ id: String, owner: String) async throws(MetadataError) {
+        let key = keys.jobOwner(id)
+        do {
+            _ = try await etcd.transaction(compare: [EtcdCompare(key: key, .value(Array(owner.utf8)))], success: [.delete(.key(key))])
+        } catch {
+            throw MetadataError(error, while: "releasing job \(id)")
         }
     }
 

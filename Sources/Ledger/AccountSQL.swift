@@ -230,6 +230,22 @@ enum AccountSQL {
         ])
     }
 
+    /// Inserts a row that arrives by crossing onto this node. A range move may hold a copy of the
+    /// account here (its range `incoming` on this node, or `moved` away and not yet cleaned): the
+    /// crossing then waits for the move to end (``PlanStale/moving``) instead of failing.
+    static func insertArriving(_ c: MariaDBConnection, _ row: Row, node: String) async throws {
+        do {
+            try await insert(c, row)
+        } catch let error as MariaDBError where error.errorNumber == 1062 {
+            let copy = try await c.execute("""
+                SELECT o.state FROM account_info a JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range
+                WHERE a.account_id = ? AND o.state IN ('incoming', 'moved')
+                """, [.int(row.accountID)]).rows.first
+            guard let state = try copy?.string("state") else { throw error }
+            throw PlanStale(reason: "account \(row.accountID) has a copy on \(node) (range \(state) by a move)", moving: true)
+        }
+    }
+
     static func delete(_ c: MariaDBConnection, _ id: Int64) async throws {
         try await c.execute("DELETE FROM account_info WHERE account_id = ?", [.int(id)])
     }

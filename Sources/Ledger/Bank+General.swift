@@ -83,7 +83,7 @@ extension Bank {
                 let movedRow = moved
                 add(target.node) { c in
                     try await AccountSQL.fence(c, map: "accounts", range: target.id, node: target.node, key: after)
-                    try await AccountSQL.insert(c, movedRow)
+                    try await AccountSQL.insertArriving(c, movedRow, node: target.node)
                     try await AccountSQL.journal(c, transferID: key, attempt: attempt, postings: [.init(account: id, amount: delta, balanceAfter: after)])
                 }
                 add(directory.node) { c in

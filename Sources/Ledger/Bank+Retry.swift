@@ -31,6 +31,10 @@ extension Bank {
         case is AlreadyDecided: return .alreadyDecided
         case let stale as PlanStale: return .stale(.init(stillThere: stale.stillThere, wrongShard: stale.wrongShard, rangeMoving: stale.moving), cause: stale)
         case let e as MariaDBError where e.isRetryable || e.errorNumber == 1062: return .stale(.init(), cause: e)
+        // MariaDB 10.11 can fail a write with "table doesn't exist" (1146) while a trigger on its
+        // table is created or dropped (MDEV-26048) — a range move installs and removes the capture
+        // triggers under load. Nothing was written: the try is made again.
+        case let e as MariaDBError where e.errorNumber == 1146: return .stale(.init(), cause: e)
         case let e as LedgerError where e.code == .aborted && e.underlying != nil:
             return try classify(e.underlying!)
         default: throw cause

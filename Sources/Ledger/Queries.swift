@@ -81,6 +81,10 @@ extension Bank {
             }
         }
         all.sort { $0.isBefore($1) }
+        // A range move copies an account's postings before it deletes the source's: a posting
+        // read on two nodes is one posting (one per transfer and account).
+        var seen = Set<String>()
+        all = all.filter { seen.insert($0.transferID).inserted }
         let page = Array(all.prefix(limit))
         return (page, all.count > limit ? page.last?.cursor : nil)
     }

@@ -144,7 +144,7 @@ public struct LedgerVerifier: Sendable {
                                                        state: try r.string("state"), from: try r.optionalInt64("from_account"), to: try r.optionalInt64("to_account"),
                                                        amount: try r.minorUnits("amount"), node: node))
                     }
-                    for r in try await c.query("SELECT map_name, range_id, lower_bound, upper_bound, state FROM range_ownership" + (account == nil ? "" : " WHERE FALSE")).rows {
+                    for r in try await c.query("SELECT map_name, range_id, lower_bound, upper_bound, state FROM range_ownership").rows {
                         s.ownership.append(OwnershipRow(map: try r.string("map_name"), range: try r.string("range_id"), lower: try r.int64("lower_bound"),
                                                         upper: try r.optionalInt64("upper_bound"), state: try r.string("state"), node: node))
                     }
@@ -153,6 +153,34 @@ public struct LedgerVerifier: Sendable {
                         for xid in try await c.xaRecover() where BranchName.parse(xid) != nil { s.inDoubt.insert(Array(xid.gtrid.utf8)) }
                     }
                 }
+            }
+            return s.withoutMoveCopies()
+        }
+
+        /// What a range move has copied and not yet cleaned counts once. A node's rows in a range
+        /// it holds `incoming` (copies before the switch) or `moved` (the source's after it) are
+        /// not accounts there; their postings and decisions are dropped where the same posting or
+        /// decision is on another node. A copy that differs stays and is reported.
+        func withoutMoveCopies() -> Snapshot {
+            let copyStates: Set<String> = ["incoming", "moved"]
+            let copying = Set(ownership.filter { copyStates.contains($0.state) }.map { "\($0.node)\u{0}\($0.map)\u{0}\($0.range)" })
+            guard !copying.isEmpty else { return self }
+            var s = self
+            var copies = Set<String>() // node + account
+            s.accounts = accounts.filter { row in
+                guard copying.contains("\(row.node)\u{0}accounts\u{0}\(row.range)") else { return true }
+                copies.insert("\(row.node)\u{0}\(row.id)")
+                return false
+            }
+            s.directory = directory.filter { !copying.contains("\($0.node)\u{0}directory\u{0}\($0.directoryRange)") }
+            func key(_ p: PostingRow) -> String { "\(p.transferID)\u{0}\(p.attempt)\u{0}\(p.account)\u{0}\(p.amount)\u{0}\(p.balanceAfter)" }
+            let nodesOfPosting = Dictionary(grouping: postings, by: key).mapValues { Set($0.map(\.node)) }
+            s.postings = postings.filter { p in
+                !(copies.contains("\(p.node)\u{0}\(p.account)") && (nodesOfPosting[key(p)]?.count ?? 0) > 1)
+            }
+            var seen = Set<String>()
+            s.decisions = decisions.sorted { $0.node < $1.node }.filter { d in
+                seen.insert("\(d.transferID)\u{0}\(d.attempt)\u{0}\(d.kind)\u{0}\(d.state)\u{0}\(d.from ?? 0)\u{0}\(d.to ?? 0)\u{0}\(d.amount)").inserted
             }
             return s
         }

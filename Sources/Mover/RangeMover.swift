@@ -1,0 +1,492 @@
+import BankSchema
+import ClusterMetadata
+import Foundation
+import Ledger
+import Logging
+import MariaDB
+import Moves
+import Sharding
+
+/// Runs range moves: the I/O around ``RangeMoveStateMachine``. Each step is done against the
+/// nodes, each phase change is written to the job record (compare-and-swap), and the runner holds
+/// the job's owner key under an etcd lease. A runner that dies leaves the phase in the record; a
+/// new one (`ctl jobs resume`) takes the job over, raises the target's epoch so the old runner can
+/// no longer write there, and does the recorded phase's step again.
+public struct RangeMover: Sendable {
+    public struct Options: Sendable {
+        /// Keys per copy chunk.
+        public var chunkSize = 1000
+        /// Copy speed limit (account rows per second), nil for none.
+        public var maxRowsPerSecond: Int?
+        /// How long the source keeps the decision rows it gave away after the map names the target
+        /// (a resolver may still ask the source for them).
+        public var decisionGrace: Duration = .seconds(30)
+        /// How long a freeze (or the start of capture) waits for branches prepared on the source.
+        public var preparedWait: Duration = .seconds(10)
+        /// The owner lease's TTL in seconds (etcd 3.4's minimum is 2).
+        public var leaseTTL: Int64 = 3
+        public var limits = RangeMoveStateMachine.Limits()
+        /// Called before each step with the phase it belongs to; a fault drill throws here to
+        /// stop the runner as a crash would (the lease is left to expire).
+        public var beforeStep: (@Sendable (MovePhase) async throws -> Void)?
+        public init() {}
+    }
+
+    /// What to do with a job that exists.
+    public enum Command: Sendable {
+        case resume, cancel
+    }
+
+    let connections: NodeConnections
+    let store: MetadataStore
+    let options: Options
+    let logger: Logger
+    let progress: @Sendable (JobRecord) -> Void
+
+    /// - Parameter progress: told of the job record after every step that changed it.
+    public init(connections: NodeConnections, store: MetadataStore, options: Options = Options(), logger: Logger,
+                progress: @escaping @Sendable (JobRecord) -> Void = { _ in }) {
+        self.connections = connections
+        self.store = store
+        self.options = options
+        self.logger = logger
+        self.progress = progress
+    }
+
+    // MARK: creating a move
+
+    /// Checks a move of `range` of `map` to node `to` and records it as a job in `prepared`;
+    /// nothing is written on the nodes yet. Refuses, naming what is known: an unknown range or
+    /// node, a node that is not active or has no connection here, the owner itself, a range already
+    /// in a job.
+    public func create(map name: MetadataKeys.MapName, range: String, to target: String) async throws -> StoredJob {
+        guard name == .accounts else {
+            throw MoveError(.invalid, "moving \(name.rawValue) ranges is not built yet: only accounts ranges move (directory ranges stay where `ctl init` put them)")
+        }
+        guard let stored = try await store.loadMap(name) else {
+            throw MoveError(.invalid, "the cluster is not initialised: run `shardbank ctl init` first")
+        }
+        guard let shard = stored.map.range(id: range) else {
+            throw MoveError(.invalid, "there is no \(name.rawValue) range \(range); known: \(stored.map.ranges.map(\.id).joined(separator: ", "))")
+        }
+        let nodes = try await store.nodes()
+        guard let node = nodes.first(where: { $0.id == target }) else {
+            throw MoveError(.invalid, "there is no node \(target); registered: \(nodes.map(\.id).sorted().joined(separator: ", "))")
+        }
+        guard target != shard.node else { throw MoveError(.invalid, "\(range) is on \(target) already") }
+        guard node.state == .active else { throw MoveError(.invalid, "node \(target) is \(node.state.rawValue): it takes no new ranges") }
+        guard connections.nodes.contains(target), connections.nodes.contains(shard.node) else {
+            throw MoveError(.invalid, "no connection to \(connections.nodes.contains(target) ? shard.node : target) here: its credentials are missing from the configuration (nodes.<id>)")
+        }
+        let source = try await connections.withConnection(shard.node) { try await MoveSQL.ownership($0, map: name.rawValue, range: range) }
+        guard let source, source.state == "active" else {
+            throw MoveError(.conflict, "\(shard.node) does not hold \(range) as active (\(source?.state ?? "no ownership row")): run `shardbank ctl verify`")
+        }
+        var record = JobRecord(id: JobRecord.newID(), kind: .move, map: name.rawValue, range: range, from: shard.node, to: target,
+                               epoch: source.epoch + 1, phase: MovePhase.prepared.rawValue)
+        record.sourceEpoch = source.epoch
+        do {
+            return try await store.createJob(record)
+        } catch {
+            throw Self.refusal(error)
+        }
+    }
+
+    /// A range already in a job is the operator's to resolve: said as a move refusal.
+    static func refusal(_ error: any Error) -> any Error {
+        guard let metadata = error as? MetadataError, metadata.code == .conflict else { return error }
+        return MoveError(.conflict, metadata.message)
+    }
+
+    // MARK: running
+
+    /// Runs job `id` until it ends (done or cancelled) or stops for an operator, and returns its
+    /// record. `.cancel` undoes a move that has not switched; `.resume` goes on from the recorded
+    /// phase. Waits up to the lease's TTL for a runner that died to lose its ownership.
+    public func run(_ id: String, _ command: Command = .resume) async throws -> JobRecord {
+        guard let job = try await store.job(id) else { throw MoveError(.notFound, "there is no job \(id); `shardbank ctl jobs` lists them") }
+        guard job.record.kind == .move, let phase = MovePhase(rawValue: job.record.phase) else {
+            throw MoveError(.invalid, "job \(id) is a \(job.record.kind.rawValue), not a move")
+        }
+        var machine = RangeMoveStateMachine(phase: phase, cursor: job.record.cursor,
+                                            cancelReason: phase == .cancelling ? job.record.error : nil, limits: options.limits)
+        var action: RangeMoveStateMachine.Action
+        do {
+            action = command == .cancel ? try machine.cancel() : try machine.operatorResume()
+        } catch {
+            throw MoveError(.invalid, "job \(id): \(error.message)")
+        }
+        let start = (machine, action)
+        let owner = "\(ProcessInfo.processInfo.hostName)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
+        let lease = try await claim(id, owner: owner)
+        return try await withThrowingTaskGroup(of: JobRecord?.self) { group in
+            group.addTask {
+                // Keeps the ownership; a lost lease stops the runner (another may take the job).
+                while !Task.isCancelled {
+                    try await Task.sleep(for: .milliseconds(Int64(options.leaseTTL) * 1000 / 3))
+                    if try await store.etcd.keepAliveOnce(lease) == nil {
+                        throw MoveError(.superseded, "job \(id): this runner's lease expired (etcd unreachable for \(options.leaseTTL) s?); it stops, and `ctl jobs resume \(id)` goes on")
+                    }
+                }
+                return nil
+            }
+            group.addTask {
+                var run = Run(mover: self, job: job, owner: owner)
+                var machine = start.0
+                let record = try await run.drive(&machine, start.1)
+                try? await store.releaseJob(id, owner: owner)
+                try? await store.etcd.revokeLease(lease)
+                return record
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let record = result { return record }
+            }
+            throw MoveError(.superseded, "job \(id) stopped")
+        }
+    }
+
+    /// Takes the job's owner key, waiting up to the TTL (+1 s) for a dead runner's lease to expire.
+    private func claim(_ id: String, owner: String) async throws -> Int64 {
+        let lease = try await store.etcd.grantLease(ttl: options.leaseTTL)
+        let deadline = ContinuousClock.now + .seconds(options.leaseTTL + 1)
+        while true {
+            // Our own lease must outlive the wait for the other's to expire.
+            _ = try await store.etcd.keepAliveOnce(lease.id)
+            if try await store.claimJob(id, owner: owner, lease: lease.id) { return lease.id }
+            guard ContinuousClock.now < deadline else {
+                try? await store.etcd.revokeLease(lease.id)
+                let holder = try await store.jobOwner(id) ?? "another runner"
+                throw MoveError(.superseded, "job \(id) is being run by \(holder); wait for it, or stop that process and resume the job")
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+}
+
+/// One runner's pass over a job: the record it keeps writing and the steps.
+private struct Run {
+    let mover: RangeMover
+    var job: StoredJob
+    let owner: String
+    var spec: MoveSpec
+    var freezeStarted: ContinuousClock.Instant?
+    var lastSaved = ContinuousClock.now
+    var copyStarted: ContinuousClock.Instant?
+    var copiedAtStart: Int64 = 0
+
+    init(mover: RangeMover, job: StoredJob, owner: String) {
+        self.mover = mover
+        self.job = job
+        self.owner = owner
+        let r = job.record
+        spec = MoveSpec(map: r.map ?? "accounts", range: r.range ?? "", source: r.from ?? "", target: r.to ?? "",
+                        sourceEpoch: r.sourceEpoch ?? 1, targetEpoch: r.epoch ?? 2)
+    }
+
+    var connections: NodeConnections { mover.connections }
+    var options: RangeMover.Options { mover.options }
+    var logger: Logger { mover.logger }
+
+    func onSource<T: Sendable>(_ body: (MariaDBConnection) async throws -> T) async throws -> T { try await connections.withConnection(spec.source, body) }
+    func onTarget<T: Sendable>(_ body: (MariaDBConnection) async throws -> T) async throws -> T { try await connections.withConnection(spec.target, body) }
+    func onBoth<T: Sendable>(_ body: (MariaDBConnection, MariaDBConnection) async throws -> T) async throws -> T {
+        try await onSource { s in try await onTarget { t in try await body(s, t) } }
+    }
+
+    /// A conflict on the job record: another runner has the job.
+    func superseded(_ error: MetadataError) -> any Error {
+        error.code == .conflict ? MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops") : error
+    }
+
+    /// Writes the record (compare-and-swap): a conflict means another runner has the job.
+    mutating func save(_ machine: RangeMoveStateMachine, force: Bool = true) async throws {
+        guard force || ContinuousClock.now - lastSaved > .seconds(1) else { return }
+        job.record.phase = machine.phase.rawValue
+        job.record.cursor = machine.cursor
+        job.record.updatedAt = Date()
+        if let copyStarted, ContinuousClock.now - copyStarted > .milliseconds(200) {
+            job.record.rowsPerSecond = (Double(job.record.rows.copied - copiedAtStart) / (ContinuousClock.now - copyStarted).seconds).rounded()
+        }
+        do {
+            job.modRevision = try await mover.store.updateJob(job.record, expectedRevision: job.modRevision)
+        } catch {
+            throw superseded(error)
+        }
+        lastSaved = ContinuousClock.now
+        mover.progress(job.record)
+    }
+
+    mutating func drive(_ machine: inout RangeMoveStateMachine, _ first: RangeMoveStateMachine.Action) async throws -> JobRecord {
+        var action = first
+        try await takeOver(machine.phase)
+        // A resumed job's old reason is history now; a cancelled one's is why it is undone.
+        job.record.error = machine.phase == .cancelling ? machine.cancelReason : nil
+        try await save(machine)
+        while true {
+            if job.record.phase != machine.phase.rawValue {
+                if machine.phase == .cancelling { job.record.error = machine.cancelReason }
+                try await save(machine)
+            }
+            if let hook = options.beforeStep { try await hook(machine.phase) }
+            logger.debug("move step", metadata: ["job": "\(job.record.id)", "phase": "\(machine.phase.rawValue)", "action": "\(action)"])
+            switch action {
+            case .none:
+                return job.record
+            case .finish(let error):
+                job.record.error = error
+                try await save(machine)
+                return job.record
+            case .stopForOperator(let reason):
+                job.record.error = reason
+                try await save(machine)
+                return job.record
+            case .retry(_, let pause):
+                try await Task.sleep(for: pause)
+                action = machine.resume()
+            default:
+                do {
+                    action = try await perform(action, &machine)
+                } catch let error as MoveError where error.code == .superseded {
+                    throw error
+                } catch let error as MoveError where error.code == .mismatch {
+                    logger.warning("move mismatch", metadata: ["job": "\(job.record.id)", "what": "\(error.message)"])
+                    action = machine.mismatch(error.message)
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    logger.warning("move step failed", metadata: ["job": "\(job.record.id)", "phase": "\(machine.phase.rawValue)", "error": "\(error)"])
+                    action = machine.stepFailed("\(error)")
+                }
+            }
+        }
+    }
+
+    /// A runner that takes a job over raises the target's epoch (in the record first, so a crash in
+    /// between leaves the record ahead, never behind), so the runner it replaces can no longer copy.
+    mutating func takeOver(_ phase: MovePhase) async throws {
+        let copying: Set<MovePhase> = [.capturing, .copying, .catchingUp, .frozen, .verified, .cancelling]
+        guard copying.contains(phase) else { return }
+        spec.targetEpoch += 1
+        job.record.epoch = spec.targetEpoch
+        do {
+            job.modRevision = try await mover.store.updateJob(job.record, expectedRevision: job.modRevision)
+        } catch {
+            throw superseded(error)
+        }
+        let spec = self.spec
+        try await onTarget { try await MoveSQL.raiseTargetEpoch($0, spec) }
+    }
+
+    // MARK: steps
+
+    mutating func perform(_ action: RangeMoveStateMachine.Action, _ machine: inout RangeMoveStateMachine) async throws -> RangeMoveStateMachine.Action {
+        let spec = self.spec
+        switch action {
+        case .prepareTarget:
+            try await onTarget { _ = try await BankSchema.migrate($0, logger: logger) }
+            let source = try await onSource { try await MoveSQL.checkSource($0, spec, states: ["active"]) }
+            try await onTarget { try await MoveSQL.prepareTarget($0, spec, lower: source.lower, upper: source.upper) }
+            try await onSource { try await BankSchema.installCaptureTriggers($0) }
+            return machine.stepDone()
+
+        case .startCapture:
+            try await onSource { s in
+                try await BankSchema.installCaptureTriggers(s)
+                try await MoveSQL.startCapture(s, spec)
+            }
+            // A branch prepared before capture released its share lock at PREPARE: it may still
+            // commit a change that the copy does not see and the log does not hold. Wait for it.
+            try await waitForPrepared()
+            job.record.rows.total = try await onSource { try await MoveSQL.rowCount($0, range: spec.range) }
+            return machine.stepDone()
+
+        case .copyChunk(let after):
+            if copyStarted == nil {
+                copyStarted = .now
+                copiedAtStart = job.record.rows.copied
+            }
+            let chunkStarted = ContinuousClock.now
+            let ids = try await onSource { try await MoveSQL.keys($0, range: spec.range, after: after, limit: options.chunkSize) }
+            if !ids.isEmpty {
+                let kept = try await onBoth { s, t in try await MoveSQL.sync(ids, source: s, target: t, spec).kept }
+                job.record.rows.copied += Int64(kept)
+            }
+            let next = machine.chunkCopied(lastKey: ids.last, more: ids.count == options.chunkSize)
+            try await save(machine, force: machine.phase != .copying)
+            if let limit = options.maxRowsPerSecond, limit > 0, !ids.isEmpty {
+                let due = Duration.milliseconds(Int64(ids.count) * 1000 / Int64(limit))
+                let spent = ContinuousClock.now - chunkStarted
+                if spent < due { try await Task.sleep(for: due - spent) }
+            }
+            return next
+
+        case .catchUp:
+            let pending = try await catchUpPass()
+            job.record.rows.pendingChanges = pending
+            let next = machine.caughtUp(pending: Int(pending))
+            try await save(machine, force: false)
+            return next
+
+        case .compareHistory:
+            // History older than ten seconds cannot change: a difference in it is a copy gone wrong,
+            // found before the range is frozen. A late commit can still look like one: catch up and
+            // look again before calling it a mismatch.
+            for attempt in 1...3 {
+                let cutoff = try await onSource { try await MoveSQL.historyCutoff($0) }
+                async let source = onSource { try await MoveSQL.digest($0, range: spec.range, historyBefore: cutoff) }
+                let target = try await onTarget { try await MoveSQL.digest($0, range: spec.range, historyBefore: cutoff) }
+                if try await source.postings == target.postings { return machine.historyMatched() }
+                guard let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, historyBefore: cutoff) }) else {
+                    return machine.historyMatched()
+                }
+                if attempt == 3 { throw MoveError(.mismatch, difference) }
+                _ = try await catchUpPass()
+            }
+            return machine.historyMatched()
+
+        case .freezeSource:
+            let started = ContinuousClock.now
+            do {
+                try await onSource { try await MoveSQL.freeze($0, spec) }
+            } catch is MoveSQL.FreezeTimeout {
+                return machine.freezeTimedOut()
+            }
+            job.record.freeze.lockWaitMs = (ContinuousClock.now - started).wholeMilliseconds
+            freezeStarted = started
+            try await waitForPrepared()
+            return machine.sourceFrozen()
+
+        case .verify:
+            while try await catchUpPass() > 0 {}
+            async let sourceDigest = onSource { try await MoveSQL.digest($0, range: spec.range) }
+            let targetDigest = try await onTarget { try await MoveSQL.digest($0, range: spec.range) }
+            if try await sourceDigest != targetDigest,
+               let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec) }) {
+                throw MoveError(.mismatch, difference)
+            }
+            return machine.verifiedEqual()
+
+        case .markSourceMoved:
+            try await onSource { try await MoveSQL.markSourceMoved($0, spec) }
+            return machine.stepDone()
+
+        case .activateTarget:
+            try await onTarget { try await MoveSQL.activateTarget($0, spec) }
+            return machine.stepDone()
+
+        case .publishMap:
+            guard let name = MetadataKeys.MapName(rawValue: spec.map), let stored = try await mover.store.loadMap(name) else {
+                throw MoveError(.conflict, "shard map \(spec.map) is gone")
+            }
+            var record = job.record
+            record.phase = MovePhase.cleaning.rawValue
+            record.publishedAt = Date()
+            record.updatedAt = Date()
+            if let freezeStarted { record.freeze.windowMs = (ContinuousClock.now - freezeStarted).wholeMilliseconds }
+            if stored.map.range(id: spec.range)?.node == spec.target {
+                // Published by an earlier runner (its record write may have been lost with it).
+                job.modRevision = try await mover.store.updateJob(record, expectedRevision: job.modRevision)
+            } else {
+                let map = try stored.map.reassigning(spec.range, to: spec.target)
+                do {
+                    job.modRevision = try await mover.store.saveMapAndJob(map, as: name, mapRevision: stored.modRevision, record, jobRevision: job.modRevision)
+                } catch {
+                    guard error.code == .conflict else { throw error }
+                    // The map changed (another range's move) or the job did (another runner).
+                    guard let now = try await mover.store.job(job.record.id), now.modRevision == job.modRevision else {
+                        throw MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops")
+                    }
+                    return machine.published(conflict: true)
+                }
+            }
+            job.record = record
+            mover.progress(record)
+            return machine.published(conflict: false)
+
+        case .cleanSourceChunk:
+            let removed = try await onSource { try await MoveSQL.cleanSourceChunk($0, spec, limit: options.chunkSize) }
+            return machine.sourceChunkCleaned(more: removed == options.chunkSize)
+
+        case .cleanDecisions:
+            // A participant prepared elsewhere may still ask the source (its commit point) for a
+            // decision the move copied: keep them until none is prepared and the grace has passed.
+            if let published = job.record.publishedAt {
+                let left = options.decisionGrace - .milliseconds(Int64(Date().timeIntervalSince(published) * 1000))
+                if left > .zero { try await Task.sleep(for: left) }
+            }
+            let deadline = ContinuousClock.now + options.preparedWait * 6
+            while try await preparedNaming(spec.source) {
+                guard ContinuousClock.now < deadline else { throw MoveError(.conflict, "branches naming \(spec.source) as commit point stay prepared; the resolver must end them first") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            var after = ""
+            while true {
+                let (keys, last) = try await onBoth { s, t in try await MoveSQL.movedDecisions(s, t, after: after, limit: 1000) }
+                try await onSource { try await MoveSQL.deleteDecisions($0, keys) }
+                guard let last else { break }
+                after = last
+            }
+            try await onSource { try await MoveSQL.retireSource($0, spec) }
+            return machine.decisionsCleaned()
+
+        case .undo:
+            // The target never took a write while its row is not active: the source may take the
+            // range back even from `moved`.
+            let target = try await onTarget { try await MoveSQL.ownership($0, map: spec.map, range: spec.range) }
+            if target?.state == "active" { throw MoveError(.conflict, "\(spec.target) holds \(spec.range) active already: the move can only go forward") }
+            try await onSource { try await MoveSQL.restoreSource($0, spec) }
+            while try await onBoth({ s, t in try await MoveSQL.undoTargetChunk(source: s, target: t, spec, limit: options.chunkSize) }) > 0 {}
+            try await onTarget { try await MoveSQL.retireTarget($0, spec) }
+            return machine.stepDone()
+
+        case .retry, .stopForOperator, .finish, .none:
+            return action
+        }
+    }
+
+    /// One pass over the logged changes: the keys they name synced, the changes removed.
+    /// Returns how many remain.
+    func catchUpPass() async throws -> Int64 {
+        let spec = self.spec
+        let changes = try await onSource { try await MoveSQL.changes($0, spec, limit: 5000) }
+        var seen = Set<Int64>()
+        let ids = changes.map(\.account).filter { seen.insert($0).inserted }.sorted()
+        for start in stride(from: 0, to: ids.count, by: options.chunkSize) {
+            let chunk = Array(ids[start..<min(start + options.chunkSize, ids.count)])
+            _ = try await onBoth { s, t in try await MoveSQL.sync(chunk, source: s, target: t, spec) }
+        }
+        try await onSource { try await MoveSQL.deleteChanges($0, changes.map(\.seq)) }
+        return try await onSource { try await MoveSQL.pendingChanges($0, spec) }
+    }
+
+    /// Waits until every ShardBank branch prepared on the source now has ended (the resolver ends
+    /// those whose coordinator died).
+    func waitForPrepared() async throws {
+        let now = try await onSource { try await MoveSQL.preparedBranches($0) }
+        guard !now.isEmpty else { return }
+        let deadline = ContinuousClock.now + options.preparedWait
+        while true {
+            let still = try await onSource { try await MoveSQL.preparedBranches($0) }.intersection(now)
+            if still.isEmpty { return }
+            guard ContinuousClock.now < deadline else {
+                throw MoveError(.conflict, "\(still.count) branch(es) prepared on \(spec.source) did not end within \(options.preparedWait); is the in-doubt resolver running (serve or agent)?")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Whether a branch prepared on any node names `node` as its commit point.
+    func preparedNaming(_ node: String) async throws -> Bool {
+        for other in connections.nodes {
+            let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
+            if xids.contains(where: { BranchName.parse($0)?.commitPoint == node }) { return true }
+        }
+        return false
+    }
+}
+
+extension Duration {
+    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,234 @@
+import Admin
+import ArgumentParser
+import ClusterMetadata
+import Foundation
+import Ledger
+import Mover
+import Moves
+import Synchronization
+
+extension Ctl {
+    /// `ctl move`: one accounts range to another node, online.
+    struct Move: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a range to another node while the bank runs.",
+            discussion: """
+                Copies the range's accounts, their postings and the decisions they are home of to the \
+                target in chunks while the source keeps taking writes (a change log on the source \
+                covers what changes behind the copy), catches up, then freezes the range for a moment, \
+                checks count, sum and checksum on both nodes, switches ownership and publishes the map. \
+                Writes to the range wait during the switch (ledger.move_wait_ms) instead of failing. \
+                Runs in the foreground with progress on stderr; every phase is kept in the job record \
+                in etcd, so a killed `ctl move` is continued with `ctl jobs resume ID` or undone with \
+                `ctl jobs cancel ID` (until the target has taken a write). Exit 0 when done; 1 when the \
+                move was cancelled or stopped for an operator, with the reason. \
+                Only accounts ranges move for now.
+                """)
+
+        @OptionGroup var options: ConfigOptions
+
+        @Argument(help: "The range id (see `shardbank ctl status`).")
+        var range: String
+
+        @Option(help: "The node to move it to.")
+        var to: String
+
+        @Option(help: ArgumentHelp("Copy at most this many account rows per second (default: no limit).", valueName: "n"))
+        var maxRowsPerSecond: Int?
+
+        @Flag(help: "Print the final job record as JSON.")
+        var json = false
+
+        func validate() throws {
+            if let maxRowsPerSecond, maxRowsPerSecond <= 0 { throw ValidationError("--max-rows-per-second must be a positive number") }
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                try await withMover(options, maxRowsPerSecond: maxRowsPerSecond) { mover in
+                    let job = try await mover.create(map: .accounts, range: range, to: to)
+                    FileHandle.standardError.write(Data("job \(job.record.id): moving accounts range \(range) from \(job.record.from ?? "?") to \(to)\n".utf8))
+                    let record = try await mover.run(job.record.id)
+                    try finish(record, json: json)
+                }
+            }
+        }
+    }
+
+    /// `ctl jobs`: the jobs in etcd; resume or cancel one.
+    struct Jobs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List, show, resume or cancel the cluster's jobs (range moves).",
+            subcommands: [List.self, Show.self, Resume.self, Cancel.self],
+            defaultSubcommand: List.self)
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List every job, oldest first.")
+            @OptionGroup var options: ConfigOptions
+            @Flag(help: "Print JSON.") var json = false
+
+            func run() async throws {
+                try await reportingErrors {
+                    let jobs = try await withStore(options) { try await $0.jobs().map(\.record) }
+                    if json {
+                        print(String(decoding: try jobEncoder().encode(jobs), as: UTF8.self))
+                    } else if jobs.isEmpty {
+                        print("no jobs")
+                    } else {
+                        print("ID                       KIND  RANGE            FROM → TO        PHASE           ROWS            UPDATED")
+                        for j in jobs {
+                            let range = "\(j.map ?? "")/\(j.range ?? "")"
+                            let nodes = "\(j.from ?? "") → \(j.to ?? "")"
+                            print(pad(j.id, 24), pad(j.kind.rawValue, 5), pad(range, 16), pad(nodes, 16), pad(j.phase, 15),
+                                  pad("\(j.rows.copied)/\(j.rows.total)", 15), ISO8601DateFormatter().string(from: j.updatedAt))
+                            if let error = j.error { print("    \(error)") }
+                        }
+                    }
+                }
+            }
+        }
+
+        struct Show: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Show one job's record (JSON) and who runs it.")
+            @OptionGroup var options: ConfigOptions
+            @Argument(help: "The job id.") var id: String
+
+            func run() async throws {
+                try await reportingErrors {
+                    let (job, owner) = try await withStore(options) { store in (try await store.job(id), try await store.jobOwner(id)) }
+                    guard let job else { throw CLIError("there is no job \(id); `shardbank ctl jobs` lists them") }
+                    print(String(decoding: try jobEncoder().encode(job.record), as: UTF8.self))
+                    FileHandle.standardError.write(Data((owner.map { "run by \($0)" } ?? (job.record.finished ? "ended" : "not running: resume or cancel it")).utf8 + [10]))
+                }
+            }
+        }
+
+        struct Resume: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Continue a stopped job from its recorded phase, in the foreground.",
+                discussion: "Waits up to the owner lease's TTL for a runner that died to let go of the job.")
+            @OptionGroup var options: ConfigOptions
+            @Argument(help: "The job id.") var id: String
+            @Flag(help: "Print the final job record as JSON.") var json = false
+
+            func run() async throws {
+                try await reportingErrors {
+                    try await withMover(options, maxRowsPerSecond: nil) { mover in try finish(try await mover.run(id, .resume), json: json) }
+                }
+            }
+        }
+
+        struct Cancel: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Undo a move that has not switched: the source active again, the target's copies removed.",
+                discussion: "Refused once the target may have taken a write (target_active and after): resume such a move instead.")
+            @OptionGroup var options: ConfigOptions
+            @Argument(help: "The job id.") var id: String
+            @Flag(help: "Print the final job record as JSON.") var json = false
+
+            func run() async throws {
+                try await reportingErrors {
+                    try await withMover(options, maxRowsPerSecond: nil) { mover in
+                        let record = try await mover.run(id, .cancel)
+                        if json { print(String(decoding: try jobEncoder().encode(record), as: UTF8.self)) }
+                        guard record.phase == MovePhase.cancelled.rawValue else { throw CLIError("job \(id) stopped in \(record.phase): \(record.error ?? "")") }
+                        print("job \(id): cancelled; \(record.range ?? "") stays on \(record.from ?? "")")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Prints how a move ended; a move that did not finish is an error (exit 1) that says what to do.
+private func finish(_ record: JobRecord, json: Bool) throws {
+    if json { print(String(decoding: try jobEncoder().encode(record), as: UTF8.self)) }
+    switch record.phase {
+    case MovePhase.done.rawValue:
+        let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
+        if !json {
+            print("job \(record.id): done in \(seconds) s — \(record.range ?? "") moved from \(record.from ?? "") to \(record.to ?? ""), \(record.rows.copied) rows copied"
+                  + (record.rowsPerSecond.map { " (\(Int($0)) rows/s)" } ?? "")
+                  + ", freeze lock wait \(record.freeze.lockWaitMs.map(String.init) ?? "?") ms, window \(record.freeze.windowMs.map(String.init) ?? "?") ms")
+        }
+    case MovePhase.cancelled.rawValue:
+        throw CLIError("job \(record.id) was cancelled: \(record.error ?? "no reason recorded"); \(record.range ?? "") stays on \(record.from ?? "")")
+    default:
+        throw CLIError("job \(record.id) stopped in \(record.phase): \(record.error ?? "no reason recorded"). Continue it with `shardbank ctl jobs resume \(record.id)`"
+                       + (MovePhase(rawValue: record.phase)?.cancellable == true ? " or undo it with `shardbank ctl jobs cancel \(record.id)`" : ""))
+    }
+}
+
+private func jobEncoder() -> JSONEncoder {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+    encoder.dateEncodingStrategy = .iso8601
+    return encoder
+}
+
+private func pad(_ text: String, _ width: Int) -> String { text.count >= width ? text : text + String(repeating: " ", count: width - text.count) }
+
+/// A metadata store for the configuration's cluster.
+private func withStore<T>(_ options: ConfigOptions, _ body: (MetadataStore) async throws -> T) async throws -> T {
+    let configuration = try await options.load()
+    return try await withEtcd(configuration, logger: makeLogger(configuration.logLevel)) { etcd in
+        try await body(MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix)))
+    }
+}
+
+/// A mover over every registered node, with a progress line on stderr.
+private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, _ body: (RangeMover) async throws -> Void) async throws {
+    let configuration = try await options.load()
+    let logger = makeLogger(configuration.logLevel)
+    try await withEtcd(configuration, logger: logger) { etcd in
+        let store = MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix))
+        let connections = await nodeConnections(configuration, nodes: try await store.nodes(), logger: logger)
+        var moverOptions = RangeMover.Options()
+        moverOptions.maxRowsPerSecond = maxRowsPerSecond
+        let bar = ProgressLine()
+        let mover = RangeMover(connections: connections, store: store, options: moverOptions, logger: logger) { bar.show($0) }
+        do {
+            try await body(mover)
+            bar.end()
+            await connections.shutdown()
+        } catch {
+            bar.end()
+            await connections.shutdown()
+            throw error
+        }
+    }
+}
+
+/// One line of progress on stderr: redrawn in place on a terminal, a line per phase (and every
+/// few seconds) otherwise.
+private final class ProgressLine: Sendable {
+    private let terminal = isatty(STDERR_FILENO) == 1
+    private let last = Mutex<(phase: String, at: ContinuousClock.Instant)?>(nil)
+
+    func show(_ record: JobRecord) {
+        var text = "  \(record.phase)"
+        if record.rows.total > 0 || record.rows.copied > 0 {
+            text += "  \(record.rows.copied)/\(record.rows.total) rows"
+            if record.rows.total > 0 { text += " (\(min(100, record.rows.copied * 100 / max(record.rows.total, 1)))%)" }
+        }
+        if let rate = record.rowsPerSecond, rate > 0 {
+            text += "  \(Int(rate)) rows/s"
+            if record.phase == MovePhase.copying.rawValue, record.rows.total > record.rows.copied {
+                text += "  ETA \(Int((Double(record.rows.total - record.rows.copied) / rate).rounded(.up))) s"
+            }
+        }
+        if record.phase == MovePhase.catchingUp.rawValue { text += "  \(record.rows.pendingChanges) changes pending" }
+        if let wait = record.freeze.lockWaitMs, MovePhase(rawValue: record.phase).map({ $0.rangeUnwritable }) == true { text += "  freeze lock wait \(wait) ms" }
+        let now = ContinuousClock.now
+        let print = last.withLock { last -> Bool in
+            defer { if last?.phase != record.phase || terminal || now - (last?.at ?? now) >= .seconds(3) { last = (record.phase, now) } }
+            return terminal || last?.phase != record.phase || now - (last?.at ?? now) >= .seconds(3)
+        }
+        guard print else { return }
+        FileHandle.standardError.write(Data((terminal ? "\r\u{1B}[K" + text : text + "\n").utf8))
+    }
+
+    func end() {
+        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
