@@ -12,6 +12,8 @@ public struct ClusterStatus: Sendable {
     /// Each node's health from its agent's heartbeat. A one-shot reader judges a beat's age by the
     /// agent's clock (`time_ms`) against this machine's; `serve` uses receipt times instead.
     public var health: [NodeHealth] = []
+    /// Jobs still running or stopped, and the five that ended last.
+    public var jobs: [JobRecord] = []
 
     public static func load(store: MetadataStore) async throws -> ClusterStatus {
         async let accounts = store.loadMap(.accounts)
@@ -23,6 +25,8 @@ public struct ClusterStatus: Sendable {
         for kv in try await store.etcd.range(.prefix(store.keys.prefix + "node/")).kvs {
             if let (id, leaf) = store.keys.parseNodeKey(kv.key), leaf == "heartbeat" { beats[id] = Heartbeat.decode(kv.value) }
         }
+        let jobs = try await store.jobs().map(\.record)
+        status.jobs = jobs.filter { !$0.finished } + jobs.filter(\.finished).sorted { $0.updatedAt < $1.updatedAt }.suffix(5)
         let nowMillis = Int64(Date().timeIntervalSince1970 * 1000)
         status.health = status.nodes.map { node in
             let beat = beats[node.id]
@@ -60,6 +64,15 @@ public struct ClusterStatus: Sendable {
         }
         out += table(rows)
         for h in health where h.state != .healthy { out += "  \(h.node): \(h.reason ?? h.state.rawValue)\n" }
+        if !jobs.isEmpty {
+            out += "\njobs (unfinished, then the last ended)\n"
+            var rows = [["JOB", "KIND", "RANGE", "FROM", "TO", "PHASE", "ROWS", "NOTE"]]
+            for j in jobs {
+                rows.append([j.id, j.kind.rawValue, "\(j.map ?? "")/\(j.range ?? "")", j.from ?? "", j.to ?? "", j.phase,
+                             "\(j.rows.copied)/\(j.rows.total)", j.error ?? ""])
+            }
+            out += table(rows)
+        }
         return out
     }
 
@@ -76,7 +89,7 @@ public struct ClusterStatus: Sendable {
             var node: String, state: String, healthy: Bool, heartbeatAgeMs: Int64?, reason: String?
             enum CodingKeys: String, CodingKey { case node, state, healthy, heartbeatAgeMs = "heartbeat_age_ms", reason }
         }
-        struct Out: Encodable { var prefix: String; var maps: [MapOut]; var nodes: [NodeInfo]; var health: [HealthOut] }
+        struct Out: Encodable { var prefix: String; var maps: [MapOut]; var nodes: [NodeInfo]; var health: [HealthOut]; var jobs: [JobRecord] }
         let maps = [accounts, directory].compactMap { $0 }.map { s in
             MapOut(name: s.map.name, version: s.map.version, key: s.map.keyKind, modRevision: s.modRevision, ranges: s.map.ranges.map {
                 RangeOut(id: $0.id, lo: $0.lowerBound, hi: $0.upperBound, from: Self.bound($0.lowerBound, keyKind: s.map.keyKind),
@@ -85,9 +98,10 @@ public struct ClusterStatus: Sendable {
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
         return String(decoding: try encoder.encode(Out(prefix: prefix, maps: maps, nodes: nodes, health: health.map {
             HealthOut(node: $0.node, state: $0.state.rawValue, healthy: $0.state == .healthy, heartbeatAgeMs: $0.heartbeatAge?.milliseconds, reason: $0.reason)
-        })), as: UTF8.self) + "\n"
+        }, jobs: jobs)), as: UTF8.self) + "\n"
     }
 
     private func table(_ rows: [[String]]) -> String {

@@ -29,11 +29,13 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public struct Freeze: Sendable, Hashable, Codable {
         public var lockWaitMs: Int64?
         public var windowMs: Int64?
+        /// When the range froze (a runner that takes over measures the window from here).
+        public var frozenAt: Date?
         public init(lockWaitMs: Int64? = nil, windowMs: Int64? = nil) {
             self.lockWaitMs = lockWaitMs
             self.windowMs = windowMs
         }
-        enum CodingKeys: String, CodingKey { case lockWaitMs = "lock_wait_ms", windowMs = "window_ms" }
+        enum CodingKeys: String, CodingKey { case lockWaitMs = "lock_wait_ms", windowMs = "window_ms", frozenAt = "frozen_at" }
     }
 
     public var id: String

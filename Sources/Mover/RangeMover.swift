@@ -170,7 +170,6 @@ private struct Run {
     var job: StoredJob
     let owner: String
     var spec: MoveSpec
-    var freezeStarted: ContinuousClock.Instant?
     var lastSaved = ContinuousClock.now
     var copyStarted: ContinuousClock.Instant?
     var copiedAtStart: Int64 = 0
@@ -353,7 +352,7 @@ private struct Run {
                 return machine.freezeTimedOut()
             }
             job.record.freeze.lockWaitMs = (ContinuousClock.now - started).wholeMilliseconds
-            freezeStarted = started
+            if job.record.freeze.frozenAt == nil { job.record.freeze.frozenAt = Date() }
             try await waitForPrepared()
             return machine.sourceFrozen()
 
@@ -383,7 +382,8 @@ private struct Run {
             record.phase = MovePhase.cleaning.rawValue
             record.publishedAt = Date()
             record.updatedAt = Date()
-            if let freezeStarted { record.freeze.windowMs = (ContinuousClock.now - freezeStarted).wholeMilliseconds }
+            // From the freeze to the map naming the target (a takeover's wait included).
+            if let frozenAt = record.freeze.frozenAt { record.freeze.windowMs = Int64(Date().timeIntervalSince(frozenAt) * 1000) }
             if stored.map.range(id: spec.range)?.node == spec.target {
                 // Published by an earlier runner (its record write may have been lost with it).
                 job.modRevision = try await mover.store.updateJob(record, expectedRevision: job.modRevision)

@@ -185,6 +185,14 @@ private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, _ body:
         let connections = await nodeConnections(configuration, nodes: try await store.nodes(), logger: logger)
         var moverOptions = RangeMover.Options()
         moverOptions.maxRowsPerSecond = maxRowsPerSecond
+        // Fault drills (scripts/acceptance): stop in a phase and wait there to be killed.
+        if let hold = ProcessInfo.processInfo.environment["SHARDBANK_TEST_MOVE_HOLD_AT"].flatMap(MovePhase.init(rawValue:)) {
+            moverOptions.beforeStep = { phase in
+                guard phase == hold else { return }
+                FileHandle.standardError.write(Data("holding at \(phase.rawValue) (SHARDBANK_TEST_MOVE_HOLD_AT)\n".utf8))
+                while true { try await Task.sleep(for: .seconds(3600)) }
+            }
+        }
         let bar = ProgressLine()
         let mover = RangeMover(connections: connections, store: store, options: moverOptions, logger: logger) { bar.show($0) }
         do {

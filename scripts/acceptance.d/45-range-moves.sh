@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Online range moves with the CLI. Under 16 HTTP clients (half the transfers across nodes) a1 moves
+# node1 → node3 → node1 → node3 → node1: no client error, `ctl verify` clean. Then, with no load:
+# a `ctl move` killed -9 while copying is resumed by `ctl jobs resume`; one killed -9 while the
+# range is frozen is resumed (writes to the range wait, then go to the new node); one killed while
+# copying is undone by `ctl jobs cancel`. Bad input is refused, naming what is known.
+source "$(dirname "$0")/lib.sh"
+plan 14
+cluster_up
+
+owner() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'accounts' for r in m['ranges'] if r['id'] == '$1'][0]"; }
+job_of() { sed -n 's/^job \(job-[0-9a-f-]*\): moving.*/\1/p' "$1" | head -1; }
+
+# Four moves under load.
+run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 40 --cross-node 0.5 --accounts-per-node 20
+loader=$bg_pid
+wait_for 60 grep -q running "$work/load.log"
+sleep 2
+moved=0; to=node3; outs=""
+for i in 1 2 3 4; do
+  if out=$("$bin" ctl move a1 --to "$to" --config "$config" 2>&1) && [ "$(owner a1)" = "$to" ]; then
+    moved=$((moved + 1)); outs+="$(grep '^job .*done' <<<"$out")"$'\n'
+  else
+    outs+="move $i to $to failed: $out"$'\n'
+  fi
+  [ "$to" = node3 ] && to=node1 || to=node3
+  sleep 2
+done
+[ "$moved" -eq 4 ] && ok "four moves of a1 under load: $(grep -o 'window [0-9?]* ms' <<<"$outs" | tr '\n' ' ')" || bad "moves under load ($moved of 4)" "$outs"
+wait "$loader"
+summary=$(grep "ledger http" "$work/load.log")
+if [ -n "$summary" ] && grep -q " 0 errors" <<<"$summary"; then
+  ok "no client error while a1 moved four times: $(sed 's/.*(\(.*\)).*/\1/' <<<"$summary")"
+else
+  bad "client errors during the moves" "$(tail -8 "$work/load.log")"
+fi
+out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after four moves under load: $(tail -1 <<<"$out")" || bad "ctl verify after the moves" "$out"
+sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \([0-9.]*\) = .*/\1/p'; }
+before=$(sigma)
+
+# Killed -9 while copying, resumed.
+run_bg "$work/move-copy.log" env SHARDBANK_TEST_MOVE_HOLD_AT=copying "$bin" ctl move a1 --to node2 --config "$config"
+mover=$bg_pid
+wait_for 60 grep -q "holding at copying" "$work/move-copy.log"
+kill -9 "$mover"; wait "$mover" 2>/dev/null
+job=$(job_of "$work/move-copy.log")
+out=$("$bin" ctl jobs resume "$job" --config "$config" 2>&1) && [ "$(owner a1)" = node2 ] \
+  && ok "ctl move killed -9 while copying, resumed: $(grep '^job .*done' <<<"$out")" || bad "resume after a kill in copying" "$out"
+
+# Killed -9 while frozen: writes to a1 wait; the resume finishes the switch and they go to node3.
+run_bg "$work/move-frozen.log" env SHARDBANK_TEST_MOVE_HOLD_AT=verified "$bin" ctl move a1 --to node3 --config "$config"
+mover=$bg_pid
+wait_for 60 grep -q "holding at verified" "$work/move-frozen.log"
+kill -9 "$mover"; wait "$mover" 2>/dev/null
+job=$(job_of "$work/move-frozen.log")
+account=$(nodes_sql "SELECT a.account_id FROM account_info a JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range WHERE a.balance_range = 'a1' AND o.state = 'frozen' AND a.balance >= 1 LIMIT 1" | head -1)
+code=$(post "/v1/accounts/$account/withdraw" '{"amount":"0.01"}' "frozen-wd-$$")
+grep -q range_moving "$BODY" && [ "$code" = 503 ] && ok "a write to the frozen range waits, then answers 503 range_moving" || bad "write while frozen: $code" "$(cat "$BODY")"
+out=$("$bin" ctl jobs resume "$job" --config "$config" 2>&1) && [ "$(owner a1)" = node3 ] \
+  && ok "ctl move killed -9 while frozen, resumed: $(grep '^job .*done' <<<"$out")" || bad "resume after a kill while frozen" "$out"
+code=$(post "/v1/accounts/$account/withdraw" '{"amount":"0.01"}' "frozen-wd-$$")
+{ [ "$code" = 200 ] || [ "$code" = 201 ]; } && grep -q node3 "$BODY" && ok "the same request with the same key, after the resume: $code on node3" || bad "retry after the resume: $code" "$(cat "$BODY")"
+
+# Killed while copying, cancelled.
+run_bg "$work/move-cancel.log" env SHARDBANK_TEST_MOVE_HOLD_AT=catching_up "$bin" ctl move a1 --to node1 --config "$config"
+mover=$bg_pid
+wait_for 60 grep -q "holding at catching_up" "$work/move-cancel.log"
+kill -9 "$mover"; wait "$mover" 2>/dev/null
+job=$(job_of "$work/move-cancel.log")
+out=$("$bin" ctl jobs cancel "$job" --config "$config" 2>&1) && [ "$(owner a1)" = node3 ] \
+  && ok "ctl move killed -9 while catching up, cancelled: $out" || bad "cancel after a kill" "$out"
+left=$(nodes_sql "SELECT COUNT(*) FROM account_info WHERE balance_range = 'a1'" | paste -sd' ')
+[ "$(tr ' ' '\n' <<<"$left" | sed -n 1p)" = 0 ] && ok "node1 keeps no copy of a1 after the cancel (rows per node: $left)" || bad "copies left after the cancel" "$left"
+out=$("$bin" ctl jobs --config "$config" 2>&1) && [ "$(grep -c ' done ' <<<"$out")" -ge 6 ] && grep -q cancelled <<<"$out" \
+  && ok "ctl jobs lists the moves ($(grep -c ' done ' <<<"$out") done, 1 cancelled)" || bad "ctl jobs" "$out"
+
+out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after the drills: $(tail -1 <<<"$out")" || bad "ctl verify after the drills" "$out"
+expected=$(python3 -c "from decimal import Decimal; print(Decimal('$before') - Decimal('0.01'))")
+[ "$(sigma)" = "$expected" ] && ok "Σ balances across the drills: $before less the one withdrawal of 0.01" || bad "Σ balances: $before → $(sigma), expected $expected"
+
+# Bad input.
+out=$("$bin" ctl move a9 --to node2 --config "$config" 2>&1); st=$?
+[ $st -ne 0 ] && grep -q "known: a1, a2, a3" <<<"$out" && ok "an unknown range is refused, naming the known ones" || bad "unknown range" "$out"
+out=$("$bin" ctl move a1 --to node3 --config "$config" 2>&1); st=$?
+[ $st -ne 0 ] && grep -q "on node3 already" <<<"$out" && ok "a move to the owner is refused" || bad "move to the owner" "$out"
