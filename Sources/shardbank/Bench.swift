@@ -5,6 +5,7 @@ import NIOCore
 import ArgumentParser
 import ClusterMetadata
 import Foundation
+import Synchronization
 import Logging
 import ShardBankConfig
 
@@ -49,6 +50,10 @@ struct Bench: AsyncParsableCommand {
         @Flag(help: ArgumentHelp("With --xa-anchor: run the anchor's XA transfers without preferring each connection's executor.",
                                  discussion: "Every statement then hops to its connection's thread and back, as a caller on Swift's cooperative pool does (the ledger's two-phase commit today): measures what those hops cost."))
         var anchorPerCallHops = false
+        @Option(help: ArgumentHelp("Write one JSON line per second of the run to this file: ops, errors, p99 and max latency (µs).",
+                                   discussion: "`{\"t\":12,\"ops\":1830,\"errors\":0,\"p99_us\":21000,\"max_us\":48000}` — t is the second since the run began. A dip (a range move's freeze, a node lost) shows as fewer ops or a higher p99 in that second.",
+                                   valueName: "file"))
+        var timeline: String?
 
         func validate() throws {
             guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
@@ -79,7 +84,8 @@ struct Bench: AsyncParsableCommand {
         func measure(_ runtime: BankRuntime, configuration: ShardBankConfiguration, logger: Logger, progress: (@Sendable (String) -> Void)?) async throws {
             let snapshot = runtime.cache.snapshot
             let maps = LedgerMaps(accounts: snapshot.accounts!.map, directory: snapshot.directory!.map)
-            var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode, progress: progress)
+            var accounts = try await LedgerBenchmark.setUp(bank: runtime.bank, maps: maps, accountsPerNode: accountsPerNode,
+                                                           only: onlyNodes.isEmpty ? nil : Set(onlyNodes), progress: progress)
             if !onlyNodes.isEmpty {
                 var only: [String: [Int64]] = [:]
                 for node in onlyNodes {
@@ -93,7 +99,18 @@ struct Bench: AsyncParsableCommand {
             let options = LedgerBenchmark.Options(clients: clients, duration: .seconds(common.duration), crossNode: crossNode, accountsPerNode: accountsPerNode,
                                                   anchorPrefersConnectionExecutor: !anchorPerCallHops)
             let client = http ? try httpClient(configuration) : libraryClient(runtime.bank)
-            let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress)
+            let points = TimelineSink()
+            var sink: (@Sendable ([TimelinePoint]) -> Void)?
+            if timeline != nil { sink = { list in points.store(list) } }
+            let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress, timeline: sink)
+            if let timeline {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                let lines = try points.points.withLock { try $0.map { String(decoding: try encoder.encode($0), as: UTF8.self) } }
+                guard FileManager.default.createFile(atPath: timeline, contents: Data((lines.joined(separator: "\n") + "\n").utf8)) else {
+                    throw CLIError("cannot write the timeline to \(timeline)")
+                }
+            }
             try await client.shutdown()
             try printSummary(summary, label: "ledger \(http ? "http" : "library") clients=\(clients) cross-node=\(crossNode)", json: common.json)
             if baseline, let node1 = snapshot.nodes["node1"], let ids = accounts["node1"] {
@@ -231,4 +248,10 @@ func printSummary(_ summary: LatencySummary, label: String, json: Bool) throws {
         print("\(label): \(summary.line)")
         for (code, count) in summary.errorsByCode.sorted(by: { $0.key < $1.key }) { print("  errors \(code): \(count)") }
     }
+}
+
+/// Where a run's timeline lands when the load ends.
+private final class TimelineSink: Sendable {
+    let points = Mutex<[TimelinePoint]>([])
+    func store(_ list: [TimelinePoint]) { points.withLock { $0 = list } }
 }

@@ -36,16 +36,21 @@ extension Ctl {
         @Option(help: ArgumentHelp("Copy at most this many account rows per second (default: no limit).", valueName: "n"))
         var maxRowsPerSecond: Int?
 
+        @Option(help: ArgumentHelp("Seconds the source keeps the decision rows it gave away, after the map names the target (an in-doubt resolver may still ask the source for them).",
+                                   valueName: "seconds"))
+        var decisionGrace = 30
+
         @Flag(help: "Print the final job record as JSON.")
         var json = false
 
         func validate() throws {
             if let maxRowsPerSecond, maxRowsPerSecond <= 0 { throw ValidationError("--max-rows-per-second must be a positive number") }
+            guard (5...3600).contains(decisionGrace) else { throw ValidationError("--decision-grace must be between 5 and 3600 seconds") }
         }
 
         func run() async throws {
             try await reportingErrors {
-                try await withMover(options, maxRowsPerSecond: maxRowsPerSecond) { mover in
+                try await withMover(options, maxRowsPerSecond: maxRowsPerSecond, decisionGrace: .seconds(decisionGrace)) { mover in
                     let job = try await mover.create(map: .accounts, range: range, to: to)
                     FileHandle.standardError.write(Data("job \(job.record.id): moving accounts range \(range) from \(job.record.from ?? "?") to \(to)\n".utf8))
                     let record = try await mover.run(job.record.id)
@@ -177,7 +182,8 @@ private func withStore<T>(_ options: ConfigOptions, _ body: (MetadataStore) asyn
 }
 
 /// A mover over every registered node, with a progress line on stderr.
-private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, _ body: (RangeMover) async throws -> Void) async throws {
+private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, decisionGrace: Duration = .seconds(30),
+                       _ body: (RangeMover) async throws -> Void) async throws {
     let configuration = try await options.load()
     let logger = makeLogger(configuration.logLevel)
     try await withEtcd(configuration, logger: logger) { etcd in
@@ -185,6 +191,7 @@ private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, _ body:
         let connections = await nodeConnections(configuration, nodes: try await store.nodes(), logger: logger)
         var moverOptions = RangeMover.Options()
         moverOptions.maxRowsPerSecond = maxRowsPerSecond
+        moverOptions.decisionGrace = decisionGrace
         // Fault drills (scripts/acceptance): stop in a phase and wait there to be killed.
         if let hold = ProcessInfo.processInfo.environment["SHARDBANK_TEST_MOVE_HOLD_AT"].flatMap(MovePhase.init(rawValue:)) {
             moverOptions.beforeStep = { phase in
