@@ -47,8 +47,12 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// The epoch the target's ownership row gets (above the source's; a runner taking the job over
     /// raises it, so the runner it replaced can no longer write on the target).
     public var epoch: Int64?
-    /// The source's ownership epoch when the job began: steps on the source compare it.
+    /// The job's own epoch on the source: its first step sets the source's ownership row to it
+    /// (from ``sourceEpochBefore``), and every later step on the source compares it — so a runner
+    /// of an older job on the same range, waking late, matches nothing there.
     public var sourceEpoch: Int64?
+    /// The source's ownership epoch when the job was created.
+    public var sourceEpochBefore: Int64?
     /// The last key a copy finished with (a move resumes its copy after it).
     public var cursor: Int64?
     /// When the map first named the target: the source's moved decision rows are kept a while after.
@@ -75,6 +79,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
         self.to = to
         self.epoch = epoch
         self.sourceEpoch = nil
+        self.sourceEpochBefore = nil
         self.cursor = nil
         self.publishedAt = nil
         self.phase = phase
@@ -99,7 +104,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
     enum CodingKeys: String, CodingKey {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
-        case sourceEpoch = "source_epoch", cursor, publishedAt = "published_at"
+        case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at"
     }
 }
 

@@ -83,8 +83,10 @@ extension Bank {
         all.sort { $0.isBefore($1) }
         // A range move copies an account's postings before it deletes the source's: a posting
         // read on two nodes is one posting (one per transfer and account).
-        var seen = Set<String>()
-        all = all.filter { seen.insert($0.transferID).inserted }
+        // Only the same posting counts once (a copy has the original's transfer, amounts and time).
+        struct Posting: Hashable { var transfer: String; var amount: Money; var after: Money; var at: Int64 }
+        var seen = Set<Posting>()
+        all = all.filter { seen.insert(Posting(transfer: $0.transferID, amount: $0.amount, after: $0.balanceAfter, at: $0.createdAt.unixMicroseconds)).inserted }
         let page = Array(all.prefix(limit))
         return (page, all.count > limit ? page.last?.cursor : nil)
     }

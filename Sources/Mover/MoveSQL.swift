@@ -14,8 +14,11 @@ public struct MoveSpec: Sendable, Hashable {
     /// The target's ownership epoch for this runner: every copy into the target share-locks the
     /// target's row at this epoch, so a runner that was replaced (a higher epoch) writes nothing.
     public var targetEpoch: Int64
+    /// The source's epoch before the job claimed it (a job cancelled before its first step finds it).
+    public var sourceEpochBefore: Int64?
 
-    public init(map: String, range: String, source: String, target: String, sourceEpoch: Int64, targetEpoch: Int64) {
+    public init(map: String, range: String, source: String, target: String, sourceEpoch: Int64, targetEpoch: Int64, sourceEpochBefore: Int64? = nil) {
+        self.sourceEpochBefore = sourceEpochBefore
         self.map = map
         self.range = range
         self.source = source
@@ -73,6 +76,31 @@ enum MoveSQL {
                 VALUES (?, ?, ?, ?, ?, 'incoming', 0)
                 """, [.string(spec.map), .string(spec.range), .int(lower), upper.map { .int($0) } ?? .null, .int(spec.targetEpoch)])
         }
+    }
+
+    /// The job's first step on the source: its ownership row takes the job's epoch (from the one
+    /// it had when the job was created). Every later step on the source compares that epoch.
+    static func claimSource(_ s: MariaDBConnection, _ spec: MoveSpec, before: Int64) async throws -> OwnershipRow {
+        try await s.execute("UPDATE range_ownership SET epoch = ? WHERE map_name = ? AND range_id = ? AND epoch = ? AND state = 'active'",
+                            [.int(spec.sourceEpoch), .string(spec.map), .string(spec.range), .int(before)])
+        return try await checkSource(s, spec, states: ["active"])
+    }
+
+    /// Creates or drops the capture triggers without queueing the node's writes behind a long
+    /// transaction for long: the DDL's metadata lock waits at most 5 s (then the step is retried).
+    static func installTriggers(_ s: MariaDBConnection) async throws {
+        try await withShortDDLWait(s) { try await BankSchema.installCaptureTriggers($0) }
+    }
+
+    static func withShortDDLWait(_ s: MariaDBConnection, _ body: (MariaDBConnection) async throws -> Void) async throws {
+        try await s.query("SET SESSION lock_wait_timeout = 5")
+        do {
+            try await body(s)
+        } catch {
+            _ = try? await s.query("SET SESSION lock_wait_timeout = DEFAULT")
+            throw error
+        }
+        try await s.query("SET SESSION lock_wait_timeout = DEFAULT")
     }
 
     /// The source's row must still be the one the move began from.
@@ -215,9 +243,12 @@ enum MoveSQL {
                                      keys.map { .string($0) }).rows {
             onTarget[try r.string("transfer_id"), default: []].append(r)
         }
-        for d in decisions {
+        // A presumed abort (kind `unknown`, no request hash) is a resolver's note about one attempt,
+        // not a request: it conflicts with nothing.
+        func presumed(_ row: MariaDBRow) throws -> Bool { try row.string("request_hash").isEmpty }
+        for d in decisions where try !presumed(d) {
             let key = try d.string("transfer_id")
-            for other in onTarget[key] ?? [] {
+            for other in onTarget[key] ?? [] where try !presumed(other) {
                 let sameAttempt = try other.string("attempt") == d.string("attempt")
                 if try other.string("request_hash") != d.string("request_hash")
                     || (!sameAttempt && other.string("state") == "committed" && d.string("state") == "committed") {
@@ -273,11 +304,13 @@ enum MoveSQL {
         do {
             try await s.execute("UPDATE range_ownership SET state = 'frozen' WHERE map_name = ? AND range_id = ? AND epoch = ? AND state = 'active' AND capture = 1",
                                 [.string(spec.map), .string(spec.range), .int(spec.sourceEpoch)])
-            try await s.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-        } catch let error as MariaDBError where error.errorNumber == 1205 {
-            try await s.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-            throw FreezeTimeout()
+        } catch {
+            // The pooled connection goes back with the server's default, whatever happened.
+            _ = try? await s.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+            if let e = error as? MariaDBError, e.errorNumber == 1205 { throw FreezeTimeout() }
+            throw error
         }
+        try await s.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
         _ = try await checkSource(s, spec, states: ["frozen"])
     }
 
@@ -389,6 +422,8 @@ enum MoveSQL {
     /// footprint went to the target). Returns how many accounts it removed.
     static func cleanSourceChunk(_ s: MariaDBConnection, _ spec: MoveSpec, limit: Int) async throws -> Int {
         try await s.transaction { c in
+            // No row any more: an earlier runner of this job finished cleaning (retireSource).
+            guard try await ownership(c, map: spec.map, range: spec.range) != nil else { return 0 }
             _ = try await checkSourceLocked(c, spec, state: "moved")
             let ids = try await c.execute("SELECT account_id FROM account_info WHERE balance_range = ? ORDER BY account_id LIMIT \(limit) FOR UPDATE",
                                           [.string(spec.range)]).rows.map { try $0.int64("account_id") }
@@ -441,15 +476,18 @@ enum MoveSQL {
 
     static func removeTriggersIfIdle(_ s: MariaDBConnection) async throws {
         let capturing = try await s.execute("SELECT COUNT(*) AS n FROM range_ownership WHERE capture = 1").rows.first?.int64("n") ?? 0
-        if capturing == 0 { try await BankSchema.removeCaptureTriggers(s) }
+        if capturing == 0 { try await withShortDDLWait(s) { try await BankSchema.removeCaptureTriggers($0) } }
     }
 
     /// Undo on the source: active again, no capture, no log (only while the target has not
     /// activated the range: the caller checks).
     static func restoreSource(_ s: MariaDBConnection, _ spec: MoveSpec) async throws {
-        try await s.execute("UPDATE range_ownership SET state = 'active', capture = 0 WHERE map_name = ? AND range_id = ? AND epoch = ? AND state IN ('active', 'frozen', 'moved')",
-                            [.string(spec.map), .string(spec.range), .int(spec.sourceEpoch)])
-        _ = try await checkSource(s, spec, states: ["active"])
+        // The epoch goes one up: a runner of this job that wakes late matches nothing here.
+        try await s.execute("UPDATE range_ownership SET state = 'active', capture = 0, epoch = ? WHERE map_name = ? AND range_id = ? AND epoch = ? AND state IN ('active', 'frozen', 'moved')",
+                            [.int(spec.sourceEpoch + 1), .string(spec.map), .string(spec.range), .int(spec.sourceEpoch)])
+        guard let row = try await ownership(s, map: spec.map, range: spec.range), row.state == "active", row.epoch == spec.sourceEpoch + 1 || row.epoch == spec.sourceEpochBefore else {
+            throw MoveError(.conflict, "\(spec.source)'s ownership of \(spec.map) range \(spec.range) changed under the undo")
+        }
         try await clearChanges(s, spec)
         try await removeTriggersIfIdle(s)
     }

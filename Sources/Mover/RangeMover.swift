@@ -29,6 +29,9 @@ public struct RangeMover: Sendable {
         /// Called before each step with the phase it belongs to; a fault drill throws here to
         /// stop the runner as a crash would (the lease is left to expire).
         public var beforeStep: (@Sendable (MovePhase) async throws -> Void)?
+        /// Called after each step's SQL, before the record says so: a drill that throws here stops
+        /// the runner between a step taking effect and the record knowing it.
+        public var afterStep: (@Sendable (MovePhase, RangeMoveStateMachine.Action) async throws -> Void)?
         public init() {}
     }
 
@@ -83,13 +86,20 @@ public struct RangeMover: Sendable {
             throw MoveError(.conflict, "\(shard.node) does not hold \(range) as active (\(source?.state ?? "no ownership row")): run `shardbank ctl verify`")
         }
         var record = JobRecord(id: JobRecord.newID(), kind: .move, map: name.rawValue, range: range, from: shard.node, to: target,
-                               epoch: source.epoch + 1, phase: MovePhase.prepared.rawValue)
-        record.sourceEpoch = source.epoch
+                               phase: MovePhase.prepared.rawValue)
+        record.sourceEpochBefore = source.epoch
+        var created: StoredJob
         do {
-            return try await store.createJob(record)
+            created = try await store.createJob(record)
         } catch {
             throw Self.refusal(error)
         }
+        // The job's epochs come from etcd's revision at its creation: unique and increasing, so no
+        // two jobs of a range share one (room for 999 takeovers of the target between them).
+        created.record.sourceEpoch = max(created.modRevision, source.epoch / 1000 + 1) * 1000
+        created.record.epoch = created.record.sourceEpoch! + 1
+        created.modRevision = try await store.updateJob(created.record, expectedRevision: created.modRevision)
+        return created
     }
 
     /// A range already in a job is the operator's to resolve: said as a move refusal.
@@ -164,6 +174,9 @@ public struct RangeMover: Sendable {
     }
 }
 
+/// What a fault drill's hooks throw to stop a runner as a crash would: passed through untouched.
+public protocol MoverDrill: Error {}
+
 /// One runner's pass over a job: the record it keeps writing and the steps.
 private struct Run {
     let mover: RangeMover
@@ -180,7 +193,7 @@ private struct Run {
         self.owner = owner
         let r = job.record
         spec = MoveSpec(map: r.map ?? "accounts", range: r.range ?? "", source: r.from ?? "", target: r.to ?? "",
-                        sourceEpoch: r.sourceEpoch ?? 1, targetEpoch: r.epoch ?? 2)
+                        sourceEpoch: r.sourceEpoch ?? 0, targetEpoch: r.epoch ?? 1, sourceEpochBefore: r.sourceEpochBefore)
     }
 
     var connections: NodeConnections { mover.connections }
@@ -204,7 +217,9 @@ private struct Run {
         job.record.phase = machine.phase.rawValue
         job.record.cursor = machine.cursor
         job.record.updatedAt = Date()
-        if let copyStarted, ContinuousClock.now - copyStarted > .milliseconds(200) {
+        // The copy's speed, while it copies (later phases keep the figure it ended with).
+        if machine.phase == .copying || machine.phase == .catchingUp && job.record.phase == MovePhase.copying.rawValue,
+           let copyStarted, ContinuousClock.now - copyStarted > .milliseconds(200) {
             job.record.rowsPerSecond = (Double(job.record.rows.copied - copiedAtStart) / (ContinuousClock.now - copyStarted).seconds).rounded()
         }
         do {
@@ -228,6 +243,11 @@ private struct Run {
                 try await save(machine)
             }
             if let hook = options.beforeStep { try await hook(machine.phase) }
+            // Still ours? A runner that was stopped past its lease may wake while another has the
+            // job: it must not act (its writes are fenced too; this stops it before it tries).
+            if try await mover.store.jobOwner(job.record.id) != owner {
+                throw MoveError(.superseded, "job \(job.record.id) is no longer owned by this runner; it stops")
+            }
             logger.debug("move step", metadata: ["job": "\(job.record.id)", "phase": "\(machine.phase.rawValue)", "action": "\(action)"])
             switch action {
             case .none:
@@ -245,7 +265,12 @@ private struct Run {
                 action = machine.resume()
             default:
                 do {
+                    let phase = machine.phase
+                    let done = action
                     action = try await perform(action, &machine)
+                    if let hook = options.afterStep { try await hook(phase, done) }
+                } catch let error as MoverDrill {
+                    throw error
                 } catch let error as MoveError where error.code == .superseded {
                     throw error
                 } catch let error as MoveError where error.code == .mismatch {
@@ -284,15 +309,17 @@ private struct Run {
         switch action {
         case .prepareTarget:
             try await onTarget { _ = try await BankSchema.migrate($0, logger: logger) }
-            let source = try await onSource { try await MoveSQL.checkSource($0, spec, states: ["active"]) }
+            let before = job.record.sourceEpochBefore ?? spec.sourceEpoch
+            let source = try await onSource { try await MoveSQL.claimSource($0, spec, before: before) }
             try await onTarget { try await MoveSQL.prepareTarget($0, spec, lower: source.lower, upper: source.upper) }
-            try await onSource { try await BankSchema.installCaptureTriggers($0) }
             return machine.stepDone()
 
         case .startCapture:
+            // The flag first (it compares this job's epoch), then the triggers: a runner of a job
+            // that has ended matches nothing and installs nothing.
             try await onSource { s in
-                try await BankSchema.installCaptureTriggers(s)
                 try await MoveSQL.startCapture(s, spec)
+                try await MoveSQL.installTriggers(s)
             }
             // A branch prepared before capture released its share lock at PREPARE: it may still
             // commit a change that the copy does not see and the log does not hold. Wait for it.
@@ -385,20 +412,31 @@ private struct Run {
             // From the freeze to the map naming the target (a takeover's wait included).
             if let frozenAt = record.freeze.frozenAt { record.freeze.windowMs = Int64(Date().timeIntervalSince(frozenAt) * 1000) }
             if stored.map.range(id: spec.range)?.node == spec.target {
-                // Published by an earlier runner (its record write may have been lost with it).
-                job.modRevision = try await mover.store.updateJob(record, expectedRevision: job.modRevision)
-            } else {
-                let map = try stored.map.reassigning(spec.range, to: spec.target)
-                do {
-                    job.modRevision = try await mover.store.saveMapAndJob(map, as: name, mapRevision: stored.modRevision, record, jobRevision: job.modRevision)
-                } catch {
-                    guard error.code == .conflict else { throw error }
-                    // The map changed (another range's move) or the job did (another runner).
-                    guard let now = try await mover.store.job(job.record.id), now.modRevision == job.modRevision else {
+                // The map and the record are written together: the map names the target only
+                // when the record moved on too. Whoever did that has the job.
+                guard let now = try await mover.store.job(job.record.id), now.record.phase == MovePhase.cleaning.rawValue else {
+                    throw MoveError(.conflict, "the map names \(spec.target) for \(spec.range) but job \(job.record.id) is not past publishing: the map was changed by hand?")
+                }
+                job = now
+                return machine.published(conflict: false)
+            }
+            let map = try stored.map.reassigning(spec.range, to: spec.target)
+            do {
+                job.modRevision = try await mover.store.saveMapAndJob(map, as: name, mapRevision: stored.modRevision, record, jobRevision: job.modRevision)
+            } catch {
+                // The map changed (another range's move), the job did (another runner), or the
+                // answer was lost: the record says which.
+                guard let now = try await mover.store.job(job.record.id) else { throw error }
+                if now.modRevision != job.modRevision {
+                    guard now.record.phase == MovePhase.cleaning.rawValue, now.record.publishedAt == record.publishedAt else {
                         throw MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops")
                     }
-                    return machine.published(conflict: true)
+                    job = now // our write landed; its answer was lost
+                    mover.progress(job.record)
+                    return machine.published(conflict: false)
                 }
+                guard error.code == .conflict else { throw error }
+                return machine.published(conflict: true)
             }
             job.record = record
             mover.progress(record)
@@ -415,9 +453,14 @@ private struct Run {
                 let left = options.decisionGrace - .milliseconds(Int64(Date().timeIntervalSince(published) * 1000))
                 if left > .zero { try await Task.sleep(for: left) }
             }
+            // Only branches prepared before the switch can need the moved decisions: wait for the
+            // ones there are now (new ones keep coming under load), not for a moment with none.
+            let naming = try await preparedNaming(spec.source)
             let deadline = ContinuousClock.now + options.preparedWait * 6
-            while try await preparedNaming(spec.source) {
-                guard ContinuousClock.now < deadline else { throw MoveError(.conflict, "branches naming \(spec.source) as commit point stay prepared; the resolver must end them first") }
+            while !naming.isEmpty, !(try await preparedNaming(spec.source).intersection(naming).isEmpty) {
+                guard ContinuousClock.now < deadline else {
+                    throw MoveError(.conflict, "branches naming \(spec.source) as commit point stay prepared; is the in-doubt resolver running (serve or agent)?")
+                }
                 try await Task.sleep(for: .milliseconds(100))
             }
             var after = ""
@@ -476,13 +519,14 @@ private struct Run {
         }
     }
 
-    /// Whether a branch prepared on any node names `node` as its commit point.
-    func preparedNaming(_ node: String) async throws -> Bool {
+    /// The branches prepared on any node that name `node` as their commit point.
+    func preparedNaming(_ node: String) async throws -> Set<String> {
+        var found = Set<String>()
         for other in connections.nodes {
             let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
-            if xids.contains(where: { BranchName.parse($0)?.commitPoint == node }) { return true }
+            for xid in xids where BranchName.parse(xid)?.commitPoint == node { found.insert("\(other)/\(xid.gtrid)/\(xid.bqual)") }
         }
-        return false
+        return found
     }
 }
 

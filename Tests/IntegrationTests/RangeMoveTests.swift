@@ -91,7 +91,7 @@ final class Shared<Value: Sendable>: Sendable {
 }
 
 /// A fault drill's stand-in for `kill -9`: thrown from the mover's step hook.
-private struct MoverKilled: Error {}
+private struct MoverKilled: MoverDrill {}
 
 /// Opens `count` accounts with balances spread over a1 (0.00–10,000.00), a few near its top.
 private func openAccounts(_ bank: Bank, count: Int, prefix: String) async throws -> [Account] {
@@ -232,6 +232,58 @@ struct RangeMoveTests {
         }
     }
 
+    @Test("a mover killed after a step took effect but before its record said so is resumed and finishes (the step is done again)",
+          arguments: [MovePhase.frozen, .sourceMoved, .targetActive, .cleaning])
+    func killedAfterStep(at phase: MovePhase) async throws {
+        try await withMoveFixture { f in
+            let accounts = try await openAccounts(f.bank, count: 60, prefix: "a")
+            let before = try await f.verify()
+            let crashing = f.mover { options in
+                options.afterStep = { p, action in
+                    // In cleaning: after the last step (the decisions cleaned, the source's row gone).
+                    if p == phase, phase != .cleaning || action == .cleanDecisions { throw MoverKilled() }
+                }
+            }
+            let job = try await crashing.create(map: .accounts, range: "a1", to: "node2")
+            await #expect(throws: MoverKilled.self) { _ = try await crashing.run(job.record.id) }
+            let record = try await f.mover().run(job.record.id)
+            #expect(record.phase == "done", "\(record)")
+            #expect(try await f.owner(of: "a1") == "node2")
+            let after = try await f.verify()
+            #expect(after.clean && after.balances == before.balances, "\(after.summary)")
+            _ = try await f.bank.transfer(from: accounts[1].id, to: accounts[2].id, amount: money("1.00"), idempotencyKey: "after-resume")
+            // The range can move again: its job lock was released.
+            #expect(try await f.mover().run(try await f.mover().create(map: .accounts, range: "a1", to: "node1").record.id).phase == "done")
+        }
+    }
+
+    @Test("a runner of a cancelled move that wakes while a newer move of the range has switched changes nothing on the source")
+    func staleRunnerOfOlderJob() async throws {
+        try await withMoveFixture { f in
+            _ = try await openAccounts(f.bank, count: 60, prefix: "o")
+            let paused = Shared<CheckedContinuation<Void, Never>?>(nil)
+            let crashing = f.mover { options in options.beforeStep = { p in if p == .copying { throw MoverKilled() } } }
+            let first = try await crashing.create(map: .accounts, range: "a1", to: "node3")
+            await #expect(throws: MoverKilled.self) { _ = try await crashing.run(first.record.id) }
+            // A runner cancelling it stops (as SIGSTOP would) just before its undo…
+            let sleeper = f.mover { options in
+                options.beforeStep = { p in if p == .cancelling { await withCheckedContinuation { c in paused.value = c } } }
+            }
+            let stale = Task { try await sleeper.run(first.record.id, .cancel) }
+            try await eventually("the cancelling runner pauses") { paused.value != nil }
+            _ = try await f.etcd.delete(.key(MetadataKeys().jobOwner(first.record.id)))
+            // …another cancels the job, and a new move of the range runs to its end.
+            #expect(try await f.mover().run(first.record.id, .cancel).phase == "cancelled")
+            let second = try await f.mover().create(map: .accounts, range: "a1", to: "node2")
+            #expect(try await f.mover().run(second.record.id).phase == "done")
+            paused.update { $0?.resume(); $0 = nil }
+            _ = try? await stale.value
+            #expect(try await f.footprint("node1", "a1").state == nil, "the stale runner brought node1's a1 back")
+            #expect(try await f.footprint("node2", "a1").state == "active")
+            #expect(try await f.verify().clean)
+        }
+    }
+
     @Test("a mover killed before the switch is cancelled: the source takes the range back, the target keeps nothing",
           arguments: [MovePhase.prepared, .capturing, .copying, .catchingUp, .frozen, .verified, .sourceMoved])
     func killedAndCancelled(at phase: MovePhase) async throws {
@@ -313,6 +365,24 @@ struct RangeMoveTests {
             }
             #expect(kept == [String(repeating: "f", count: 64)])
             #expect(try await f.footprint("node2", "a1").rows == 0)
+        }
+    }
+
+    @Test("a resolver's presumed abort on the target under a key the source holds committed is no conflict: the move goes through, the retry replays")
+    func presumedAbortIsNoConflict() async throws {
+        try await withMoveFixture { f in
+            let accounts = try await openAccounts(f.bank, count: 20, prefix: "p")
+            let paid = try await f.bank.deposit(accounts[3].id, amount: money("5.00"), idempotencyKey: "presumed-elsewhere")
+            try await f.connections.withConnection("node2") { c in
+                try await c.execute("""
+                    INSERT INTO transfers (transfer_id, attempt, kind, state, amount, request_hash)
+                    VALUES ('presumed-elsewhere', 'p1', 'unknown', 'aborted', 0, '')
+                    """)
+            }
+            let record = try await f.mover().run(try await f.mover().create(map: .accounts, range: "a1", to: "node2").record.id)
+            #expect(record.phase == "done", "\(record)")
+            let again = try await f.bank.deposit(accounts[3].id, amount: money("5.00"), idempotencyKey: "presumed-elsewhere")
+            #expect(again.replayed && again.balances == paid.balances)
         }
     }
 
