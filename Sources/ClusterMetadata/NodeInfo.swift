@@ -1,6 +1,9 @@
 /// `node/{id}/info`: where a storage node is and what state it is in. Never holds credentials.
 public struct NodeInfo: Codable, Sendable, Hashable {
     public enum State: String, Codable, Sendable, CaseIterable {
+        /// Added by `ctl add-node` and migrated; waits for its agent's first healthy beat, takes no
+        /// ranges yet (pools are opened for it).
+        case joining
         /// Serves its ranges.
         case active
         /// Ranges are being moved away; takes no new ranges.

@@ -60,6 +60,37 @@ extension Ctl {
         }
     }
 
+    /// `ctl add-node`: a new storage node joins the running cluster.
+    struct AddNode: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add-node",
+            abstract: "Add a storage node to the running cluster (it then takes ranges with `ctl move`).",
+            discussion: """
+                Connects with the configuration's credentials for the node (nodes.<ID>.password_file,                 else mysql.password_file), refuses a database that already holds ranges or accounts,                 brings its schema up to date, registers it `joining` (every serve opens a pool for it),                 waits up to --wait seconds for its agent's healthy heartbeat and makes it `active`.                 Without a heartbeat it exits 1 saying how to start the agent; run it again afterwards.
+                """)
+
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "The new node's id (letters, digits, - or _).") var id: String
+        @Option(help: "The MariaDB server's host.") var host: String
+        @Option(help: "The MariaDB server's port.") var port: Int
+        @Option(help: "The bank database on it.") var database = "bank_db"
+        @Option(help: "disabled, required, verify_ca or verify_identity.") var tlsMode = "disabled"
+        @Option(help: ArgumentHelp("Seconds to wait for the node's agent to beat healthy.", valueName: "seconds")) var wait = 15
+
+        func run() async throws {
+            try await reportingErrors {
+                let configuration = try await options.load()
+                let logger = makeLogger(configuration.logLevel)
+                let node = try await withEtcd(configuration, logger: logger) { etcd in
+                    try await NodeAdmission(id: id, host: host, port: port, database: database, tlsMode: tlsMode, wait: .seconds(wait))
+                        .run(configuration: configuration, store: MetadataStore(etcd: etcd, keys: MetadataKeys(prefix: configuration.etcdPrefix)),
+                             logger: logger, progress: progressPrinter())
+                }
+                print("\(node.id) added: \(node.host):\(node.port)/\(node.database), active")
+            }
+        }
+    }
+
     /// `ctl jobs`: the jobs in etcd; resume or cancel one.
     struct Jobs: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

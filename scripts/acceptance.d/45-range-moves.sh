@@ -10,6 +10,14 @@ cluster_up
 
 owner() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'accounts' for r in m['ranges'] if r['id'] == '$1'][0]"; }
 job_of() { sed -n 's/^job \(job-[0-9a-f-]*\): moving.*/\1/p' "$1" | head -1; }
+# `ctl move a1 --to NODE` held in PHASE (SHARDBANK_TEST_MOVE_HOLD_AT), then killed -9; sets $job.
+killed_move() { # phase node
+  run_bg "$work/move-$1.log" env SHARDBANK_TEST_MOVE_HOLD_AT="$1" "$bin" ctl move a1 --to "$2" --config "$config"
+  local mover=$bg_pid
+  wait_for 60 grep -q "holding at $1" "$work/move-$1.log"
+  kill -9 "$mover"; wait "$mover" 2>/dev/null
+  job=$(job_of "$work/move-$1.log")
+}
 
 # Four moves under load.
 run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 40 --cross-node 0.5 --accounts-per-node 20
@@ -39,20 +47,12 @@ sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \(
 before=$(sigma)
 
 # Killed -9 while copying, resumed.
-run_bg "$work/move-copy.log" env SHARDBANK_TEST_MOVE_HOLD_AT=copying "$bin" ctl move a1 --to node2 --config "$config"
-mover=$bg_pid
-wait_for 60 grep -q "holding at copying" "$work/move-copy.log"
-kill -9 "$mover"; wait "$mover" 2>/dev/null
-job=$(job_of "$work/move-copy.log")
+killed_move copying node2
 out=$("$bin" ctl jobs resume "$job" --config "$config" 2>&1) && [ "$(owner a1)" = node2 ] \
   && ok "ctl move killed -9 while copying, resumed: $(grep '^job .*done' <<<"$out")" || bad "resume after a kill in copying" "$out"
 
 # Killed -9 while frozen: writes to a1 wait; the resume finishes the switch and they go to node3.
-run_bg "$work/move-frozen.log" env SHARDBANK_TEST_MOVE_HOLD_AT=verified "$bin" ctl move a1 --to node3 --config "$config"
-mover=$bg_pid
-wait_for 60 grep -q "holding at verified" "$work/move-frozen.log"
-kill -9 "$mover"; wait "$mover" 2>/dev/null
-job=$(job_of "$work/move-frozen.log")
+killed_move verified node3
 account=$(nodes_sql "SELECT a.account_id FROM account_info a JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range WHERE a.balance_range = 'a1' AND o.state = 'frozen' AND a.balance >= 1 LIMIT 1" | head -1)
 code=$(post "/v1/accounts/$account/withdraw" '{"amount":"0.01"}' "frozen-wd-$$")
 grep -q range_moving "$BODY" && [ "$code" = 503 ] && ok "a write to the frozen range waits, then answers 503 range_moving" || bad "write while frozen: $code" "$(cat "$BODY")"
@@ -62,11 +62,7 @@ code=$(post "/v1/accounts/$account/withdraw" '{"amount":"0.01"}' "frozen-wd-$$")
 { [ "$code" = 200 ] || [ "$code" = 201 ]; } && grep -q node3 "$BODY" && ok "the same request with the same key, after the resume: $code on node3" || bad "retry after the resume: $code" "$(cat "$BODY")"
 
 # Killed while copying, cancelled.
-run_bg "$work/move-cancel.log" env SHARDBANK_TEST_MOVE_HOLD_AT=catching_up "$bin" ctl move a1 --to node1 --config "$config"
-mover=$bg_pid
-wait_for 60 grep -q "holding at catching_up" "$work/move-cancel.log"
-kill -9 "$mover"; wait "$mover" 2>/dev/null
-job=$(job_of "$work/move-cancel.log")
+killed_move catching_up node1
 out=$("$bin" ctl jobs cancel "$job" --config "$config" 2>&1) && [ "$(owner a1)" = node3 ] \
   && ok "ctl move killed -9 while catching up, cancelled: $out" || bad "cancel after a kill" "$out"
 left=$(nodes_sql "SELECT COUNT(*) FROM account_info WHERE balance_range = 'a1'" | paste -sd' ')
