@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Ledger", "ClusterMetadata", "Sharding", "Health", "MariaDB",
+                "Ledger", "ClusterMetadata", "Sharding", "Health", "MariaDB", "Mover", "Moves",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -138,6 +138,7 @@ let package = Package(
             dependencies: [
                 "Moves", "Ledger", "BankSchema", "ClusterMetadata", "MariaDB", "Sharding",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -172,7 +173,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health", "Moves",
+                "Sharding", "MariaDB", "Etcd", "ShardBankConfig", "Ledger", "API", "ClusterMetadata", "Health", "Moves", "Mover",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Logging", package: "swift-log"),
                 // The API's routes driven in-process (no sockets) for the answers given before the bank is asked.

@@ -55,7 +55,7 @@ for line in open(out + "/moves.txt"):
     moves.append((int(i), to, float(t0) - started, float(t1) - started, job))
     f = job["freeze"]
     print(f"move {i:>2} → {to}: {job['rows']['copied']} rows copied, {job.get('rows_per_s') or 0:.0f} rows/s, "
-          f"freeze lock wait {f.get('lock_wait_ms')} ms, window {f.get('window_ms')} ms, "
+          f"freeze lock wait {f.get('lock_wait_ms')} ms, window {f.get('window_ms')} ms (verify {f.get('verify_ms')} ms), "
           f"{float(t1) - float(t0):.1f} s in all (grace included)")
 windows = sorted(m[4]["freeze"]["window_ms"] for m in moves)
 waits = sorted(m[4]["freeze"]["lock_wait_ms"] for m in moves)

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Ledger
+import Mover
 import Logging
 import MariaDB
 import Sharding
@@ -61,6 +62,13 @@ public struct APIError: HTTPResponseError, Sendable {
                 return APIError(.serviceUnavailable, "aborted", "nothing was changed; retry (with the same Idempotency-Key)", retryAfter: 1)
             default:
                 return internalError(requestID: requestID)
+            }
+        case let e as MoveError:
+            switch e.code {
+            case .notFound: return APIError(.notFound, "unknown_job", e.message)
+            case .invalid: return APIError(.unprocessableContent, "invalid_move", e.message)
+            case .conflict, .mismatch: return APIError(.conflict, "move_conflict", e.message)
+            case .superseded: return APIError(.conflict, "job_busy", e.message)
             }
         case let e as MariaDBError where e.isConnectionBroken || e.isRetryable:
             return APIError(.serviceUnavailable, "unavailable", "a storage node did not answer; nothing is known to have changed — retry with the same Idempotency-Key", retryAfter: 1)

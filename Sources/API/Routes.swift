@@ -4,6 +4,7 @@ import Health
 import HTTPTypes
 import Hummingbird
 import Ledger
+import Mover
 import Sharding
 
 /// What the routes need from the running service.
@@ -12,11 +13,14 @@ public struct APIDependencies: Sendable {
     public var cache: MetadataCache
     public var health: NodeHealthMonitor
     public var etcd: EtcdProbe
-    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe) {
+    /// With a mover, the cluster's admin routes are served (`http.admin_routes`).
+    public var mover: RangeMover?
+    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil) {
         self.bank = bank
         self.cache = cache
         self.health = health
         self.etcd = etcd
+        self.mover = mover
     }
 }
 
@@ -89,6 +93,30 @@ struct TransferJSON: ResponseEncodable {
 
 /// The HTTP JSON API (`docs/openapi.yaml` lists the routes). Money is a decimal string.
 public enum BankRoutes {
+    /// Range moves and jobs, with `http.admin_routes`: a move is recorded and answered 202; a
+    /// `serve` (``MoveSupervisor``) runs it.
+    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover) {
+        router.post("/v1/cluster/ranges/{map}/{id}/move") { request, context -> Response in
+            let name = context.parameters.get("map") ?? ""
+            guard let map = MetadataKeys.MapName(rawValue: name) else {
+                throw APIError(.notFound, "unknown_map", "no map \(name.prefix(40)); the maps are accounts and directory")
+            }
+            let body = try await RequestBody.read(request, context: context, allowed: ["to"])
+            let job = try await mover.create(map: map, range: context.parameters.get("id") ?? "", to: try body.string("to"), runBy: "serve")
+            return try jsonResponse(job.record, status: .accepted)
+        }
+        router.get("/v1/cluster/jobs") { _, _ -> Response in
+            try jsonResponse(["jobs": try await mover.store.jobs().map(\.record)], status: .ok)
+        }
+        router.get("/v1/cluster/jobs/{id}") { _, context -> Response in
+            let id = context.parameters.get("id") ?? ""
+            guard let job = try await mover.store.job(id) else {
+                throw APIError(.notFound, "unknown_job", "no job \(id.prefix(64)); GET /v1/cluster/jobs lists them")
+            }
+            return try jsonResponse(job.record, status: .ok)
+        }
+    }
+
     public static func router(_ deps: APIDependencies) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: RequestIDMiddleware())
@@ -126,6 +154,7 @@ public enum BankRoutes {
                                             nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
                                             etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
         }
+        if let mover = deps.mover { adminRoutes(router, mover: mover) }
         router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
             let id = context.parameters.get("id") ?? ""
             guard cache.snapshot.nodes[id] != nil else {
@@ -276,6 +305,7 @@ public enum BankRoutes {
     static func jsonResponse(_ value: some Encodable, status: HTTPResponse.Status) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
         return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
     }

@@ -31,11 +31,13 @@ public struct JobRecord: Sendable, Hashable, Codable {
         public var windowMs: Int64?
         /// When the range froze (a runner that takes over measures the window from here).
         public var frozenAt: Date?
+        /// Of the window: the last catch-up and the comparison of both nodes.
+        public var verifyMs: Int64?
         public init(lockWaitMs: Int64? = nil, windowMs: Int64? = nil) {
             self.lockWaitMs = lockWaitMs
             self.windowMs = windowMs
         }
-        enum CodingKeys: String, CodingKey { case lockWaitMs = "lock_wait_ms", windowMs = "window_ms", frozenAt = "frozen_at" }
+        enum CodingKeys: String, CodingKey { case lockWaitMs = "lock_wait_ms", windowMs = "window_ms", frozenAt = "frozen_at", verifyMs = "verify_ms" }
     }
 
     public var id: String
@@ -57,6 +59,12 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public var cursor: Int64?
     /// When the map first named the target: the source's moved decision rows are kept a while after.
     public var publishedAt: Date?
+    /// A move's capture began after this time (the source's clock, ten seconds early): its catch-up
+    /// reads only history made since.
+    public var captureCutoff: String?
+    /// `serve` for a job asked of the HTTP admin routes: any `serve` runs it (``MoveSupervisor``);
+    /// nil for a job `ctl` runs in the foreground.
+    public var runBy: String?
     /// The kind's own phase names (a move's: ``MovePhase`` raw values), `done` or `cancelled` at the end.
     public var phase: String
     /// The job that started this one (a rebalance's moves).
@@ -82,6 +90,8 @@ public struct JobRecord: Sendable, Hashable, Codable {
         self.sourceEpochBefore = nil
         self.cursor = nil
         self.publishedAt = nil
+        self.runBy = nil
+        self.captureCutoff = nil
         self.phase = phase
         self.parent = parent
         self.rows = Rows()
@@ -104,7 +114,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
     enum CodingKeys: String, CodingKey {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
-        case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at"
+        case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at", runBy = "run_by", captureCutoff = "capture_cutoff"
     }
 }
 

@@ -149,17 +149,20 @@ enum MoveSQL {
         var decisions: [Int64: [MariaDBRow]] = [:]
     }
 
-    static func footprint(_ s: MariaDBConnection, _ ids: [Int64]) async throws -> Footprint {
+    /// `since`: only the postings and decisions made from then on (the source's clock) — what a
+    /// catch-up needs for accounts whose older history the target has already.
+    static func footprint(_ s: MariaDBConnection, _ ids: [Int64], since: String? = nil) async throws -> Footprint {
         let values = ids.map { MariaDBValue.int($0) }
+        let recent = since.map { " AND created_at >= '\($0)'" } ?? "" // our own DATE_FORMAT output: nothing to escape
         return try await s.transaction(isolation: .repeatableRead) { c in
             var f = Footprint()
             for r in try await c.execute("SELECT \(accountColumns) FROM account_info WHERE account_id IN (\(list(ids.count)))", values).rows {
                 f.accounts[try r.int64("account_id")] = r
             }
-            for r in try await c.execute("SELECT \(journalColumns) FROM journal WHERE account_id IN (\(list(ids.count))) ORDER BY entry_id", values).rows {
+            for r in try await c.execute("SELECT \(journalColumns) FROM journal WHERE account_id IN (\(list(ids.count)))\(recent) ORDER BY entry_id", values).rows {
                 f.postings[try r.int64("account_id"), default: []].append(r)
             }
-            for r in try await c.execute("SELECT \(decisionColumns), home_account FROM transfers WHERE home_account IN (\(list(ids.count)))", values).rows {
+            for r in try await c.execute("SELECT \(decisionColumns), home_account FROM transfers WHERE home_account IN (\(list(ids.count)))\(recent)", values).rows {
                 f.decisions[try r.int64("home_account"), default: []].append(r)
             }
             return f
@@ -181,9 +184,15 @@ enum MoveSQL {
     /// where it was made). A row on the target in another range is a real account, never touched.
     /// Returns how many accounts are copied and how many copies were removed.
     @discardableResult
-    static func sync(_ ids: [Int64], source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec) async throws -> (kept: Int, removed: Int) {
+    ///
+    /// With `since` (a catch-up), only the history made since then is read for accounts whose copy
+    /// the target holds: a copy row exists only with all of the account's older postings beside it
+    /// (it is created with its whole history, and removed with it). Accounts new to the target, and
+    /// copies to remove, are read whole.
+    static func sync(_ ids: [Int64], source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec,
+                     since: String? = nil) async throws -> (kept: Int, removed: Int) {
         guard !ids.isEmpty else { return (0, 0) }
-        let f = try await footprint(s, ids)
+        var f = try await footprint(s, ids, since: since)
         return try await t.transaction { c in
             try await fenceTarget(c, spec)
             var existing: [Int64: String] = [:]
@@ -199,6 +208,14 @@ enum MoveSQL {
                     keep.append(id)
                 } else if !inRange, existing[id] == spec.range {
                     drop.append(id)
+                }
+            }
+            let whole = since == nil ? [] : keep.filter { existing[$0] == nil } + drop
+            if !whole.isEmpty {
+                let more = try await footprint(s, whole)
+                for id in whole {
+                    f.postings[id] = more.postings[id]
+                    f.decisions[id] = more.decisions[id]
                 }
             }
             try await upsert(c, table: "account_info", columns: accountColumns, rows: keep.compactMap { f.accounts[$0] },
@@ -343,10 +360,28 @@ enum MoveSQL {
         }
     }
 
-    static func digest(_ c: MariaDBConnection, range: String, historyBefore: String? = nil) async throws -> Digest {
+    /// Which postings and decisions a comparison covers, by `created_at` (a time the source's clock
+    /// gave: ``historyCutoff(_:)``). Before the freeze the history older than ten seconds is
+    /// compared; inside it, the rows and what is newer than that — the freeze stays short.
+    enum HistoryWindow: Sendable {
+        case all
+        case before(String)
+        case since(String)
+        func condition(_ column: String) -> String {
+            switch self {
+            case .all: return ""
+            case .before(let t): return " AND \(column) < '\(t)'" // our own DATE_FORMAT output: nothing to escape
+            case .since(let t): return " AND \(column) >= '\(t)'"
+            }
+        }
+        /// Whether the account rows are compared too (not before the freeze: they still change).
+        var withAccounts: Bool { if case .before = self { return false } else { return true } }
+    }
+
+    static func digest(_ c: MariaDBConnection, range: String, history: HistoryWindow = .all) async throws -> Digest {
         try await c.transaction(isolation: .repeatableRead) { c in
             var d = Digest()
-            let before = historyBefore.map { " AND j.created_at < '\($0)'" } ?? ""
+            let before = history.condition("j.created_at")
             let a = try await c.execute("""
                 SELECT COUNT(*) AS n, COALESCE(SUM(balance * 100), 0) AS s,
                   COALESCE(BIT_XOR(CRC32(CONCAT_WS('|', account_id, customer_name, balance, row_version, previous_nodes))), 0) AS x
@@ -361,7 +396,7 @@ enum MoveSQL {
             d.postings = [try j.string("n"), try j.string("s"), try j.string("x")]
             let t = try await c.execute("""
                 SELECT COUNT(*) AS n, COALESCE(BIT_XOR(CRC32(CONCAT_WS('|', t.transfer_id, t.attempt, t.state, t.request_hash))), 0) AS x
-                FROM transfers t JOIN account_info a ON a.account_id = t.home_account WHERE a.balance_range = ?
+                FROM transfers t JOIN account_info a ON a.account_id = t.home_account WHERE a.balance_range = ?\(history.condition("t.created_at"))
                 """, [.string(range)]).rows[0]
             d.decisions = [try t.string("n"), try t.string("x")]
             return d
@@ -371,8 +406,9 @@ enum MoveSQL {
     /// Where the digests differ, what each node holds of the range, compared row by row: the
     /// target may hold more history of an account than the source only when the account lived on
     /// the target before (its `previous_nodes` name the target). Returns the first difference.
-    static func difference(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, historyBefore: String? = nil) async throws -> String? {
-        let whole = historyBefore == nil // with a cut-off, only the postings before it are compared
+    static func difference(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, history: HistoryWindow = .all) async throws -> String? {
+        let whole = history.withAccounts
+        let window = history
         func read(_ c: MariaDBConnection) async throws -> (accounts: [Int64: String], history: [String: (account: Int64, text: String)]) {
             try await c.transaction(isolation: .repeatableRead) { c in
                 var accounts: [Int64: String] = [:]
@@ -381,13 +417,12 @@ enum MoveSQL {
                     accounts[try r.int64("account_id")] = try r.string("v")
                 }
                 var history: [String: (Int64, String)] = [:]
-                let before = historyBefore.map { " AND j.created_at < '\($0)'" } ?? ""
                 for r in try await c.execute("""
                     SELECT CONCAT('p|', j.transfer_id, '|', j.account_id) AS k, CONCAT_WS('|', j.attempt, j.amount, j.balance_after) AS v, j.account_id
-                    FROM journal j JOIN account_info a ON a.account_id = j.account_id WHERE a.balance_range = ?\(before)
+                    FROM journal j JOIN account_info a ON a.account_id = j.account_id WHERE a.balance_range = ?\(window.condition("j.created_at"))
                     UNION ALL
                     SELECT CONCAT('d|', t.transfer_id, '|', t.attempt), CONCAT_WS('|', t.state, t.request_hash), t.home_account
-                    FROM transfers t JOIN account_info a ON a.account_id = t.home_account WHERE a.balance_range = ?
+                    FROM transfers t JOIN account_info a ON a.account_id = t.home_account WHERE a.balance_range = ?\(window.condition("t.created_at"))
                     """, [.string(spec.range), .string(spec.range)]).rows {
                     history[try r.string("k")] = (try r.int64("account_id"), try r.string("v"))
                 }
@@ -400,10 +435,10 @@ enum MoveSQL {
             return ta[id] == nil ? "account \(id) is on \(spec.source) but not copied to \(spec.target)" : "account \(id) differs between \(spec.source) and \(spec.target)"
         }
         if whole, let extra = Set(ta.keys).subtracting(sa.keys).min() { return "account \(extra) is copied to \(spec.target) but not in \(spec.range) on \(spec.source)" }
-        for (key, v) in sh.sorted(by: { $0.key < $1.key }) where (whole || key.hasPrefix("p|")) && th[key]?.text != v.text {
+        for (key, v) in sh.sorted(by: { $0.key < $1.key }) where th[key]?.text != v.text {
             return th[key] == nil ? "\(describe(key)) is on \(spec.source) but not copied to \(spec.target)" : "\(describe(key)) differs between \(spec.source) and \(spec.target)"
         }
-        for (key, v) in th.sorted(by: { $0.key < $1.key }) where (whole || key.hasPrefix("p|")) && sh[key] == nil {
+        for (key, v) in th.sorted(by: { $0.key < $1.key }) where sh[key] == nil {
             let lived = (sa[v.account] ?? "").split(separator: "|").last.map { $0.split(separator: ",").contains(Substring(spec.target)) } ?? false
             if !lived { return "\(describe(key)) is on \(spec.target) but not on \(spec.source), and account \(v.account) never lived on \(spec.target)" }
         }

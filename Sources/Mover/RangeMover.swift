@@ -26,6 +26,8 @@ public struct RangeMover: Sendable {
         /// The owner lease's TTL in seconds (etcd 3.4's minimum is 2).
         public var leaseTTL: Int64 = 3
         public var limits = RangeMoveStateMachine.Limits()
+        /// How long to wait for another runner's ownership to lapse (nil: the lease's TTL + 1 s).
+        public var claimWait: Duration?
         /// Called before each step with the phase it belongs to; a fault drill throws here to
         /// stop the runner as a crash would (the lease is left to expire).
         public var beforeStep: (@Sendable (MovePhase) async throws -> Void)?
@@ -41,7 +43,8 @@ public struct RangeMover: Sendable {
     }
 
     let connections: NodeConnections
-    let store: MetadataStore
+    /// Where the jobs are kept.
+    public let store: MetadataStore
     let options: Options
     let logger: Logger
     let progress: @Sendable (JobRecord) -> Void
@@ -62,7 +65,7 @@ public struct RangeMover: Sendable {
     /// nothing is written on the nodes yet. Refuses, naming what is known: an unknown range or
     /// node, a node that is not active or has no connection here, the owner itself, a range already
     /// in a job.
-    public func create(map name: MetadataKeys.MapName, range: String, to target: String) async throws -> StoredJob {
+    public func create(map name: MetadataKeys.MapName, range: String, to target: String, runBy: String? = nil) async throws -> StoredJob {
         guard name == .accounts else {
             throw MoveError(.invalid, "moving \(name.rawValue) ranges is not built yet: only accounts ranges move (directory ranges stay where `ctl init` put them)")
         }
@@ -88,6 +91,7 @@ public struct RangeMover: Sendable {
         var record = JobRecord(id: JobRecord.newID(), kind: .move, map: name.rawValue, range: range, from: shard.node, to: target,
                                phase: MovePhase.prepared.rawValue)
         record.sourceEpochBefore = source.epoch
+        record.runBy = runBy
         var created: StoredJob
         do {
             created = try await store.createJob(record)
@@ -159,7 +163,7 @@ public struct RangeMover: Sendable {
     /// Takes the job's owner key, waiting up to the TTL (+1 s) for a dead runner's lease to expire.
     private func claim(_ id: String, owner: String) async throws -> Int64 {
         let lease = try await store.etcd.grantLease(ttl: options.leaseTTL)
-        let deadline = ContinuousClock.now + .seconds(options.leaseTTL + 1)
+        let deadline = ContinuousClock.now + (options.claimWait ?? .seconds(options.leaseTTL + 1))
         while true {
             // Our own lease must outlive the wait for the other's to expire.
             _ = try await store.etcd.keepAliveOnce(lease.id)
@@ -185,6 +189,8 @@ private struct Run {
     var spec: MoveSpec
     var lastSaved = ContinuousClock.now
     var copyStarted: ContinuousClock.Instant?
+    /// The cut-off of the history compared before the freeze (the freeze compares what is newer).
+    var historyCutoff: String?
     var copiedAtStart: Int64 = 0
 
     init(mover: RangeMover, job: StoredJob, owner: String) {
@@ -325,6 +331,9 @@ private struct Run {
             // commit a change that the copy does not see and the log does not hold. Wait for it.
             try await waitForPrepared()
             job.record.rows.total = try await onSource { try await MoveSQL.rowCount($0, range: spec.range) }
+            // Every posting or decision the copy's snapshots miss was made after capture began
+            // (writes in flight then were waited for): catch-up reads history from ten seconds before.
+            if job.record.captureCutoff == nil { job.record.captureCutoff = try await onSource { try await MoveSQL.historyCutoff($0) } }
             return machine.stepDone()
 
         case .copyChunk(let after):
@@ -360,10 +369,15 @@ private struct Run {
             // look again before calling it a mismatch.
             for attempt in 1...3 {
                 let cutoff = try await onSource { try await MoveSQL.historyCutoff($0) }
-                async let source = onSource { try await MoveSQL.digest($0, range: spec.range, historyBefore: cutoff) }
-                let target = try await onTarget { try await MoveSQL.digest($0, range: spec.range, historyBefore: cutoff) }
-                if try await source.postings == target.postings { return machine.historyMatched() }
-                guard let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, historyBefore: cutoff) }) else {
+                async let source = onSource { try await MoveSQL.digest($0, range: spec.range, history: .before(cutoff)) }
+                let target = try await onTarget { try await MoveSQL.digest($0, range: spec.range, history: .before(cutoff)) }
+                let same = try await source
+                if same.postings == target.postings && same.decisions == target.decisions {
+                    historyCutoff = cutoff
+                    return machine.historyMatched()
+                }
+                guard let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
+                    historyCutoff = cutoff
                     return machine.historyMatched()
                 }
                 if attempt == 3 { throw MoveError(.mismatch, difference) }
@@ -384,13 +398,18 @@ private struct Run {
             return machine.sourceFrozen()
 
         case .verify:
+            let started = ContinuousClock.now
             while try await catchUpPass() > 0 {}
-            async let sourceDigest = onSource { try await MoveSQL.digest($0, range: spec.range) }
-            let targetDigest = try await onTarget { try await MoveSQL.digest($0, range: spec.range) }
+            // The rows, and the history since the cut-off compared before the freeze (all of it
+            // when this runner took the job over after that comparison).
+            let window: MoveSQL.HistoryWindow = historyCutoff.map { .since($0) } ?? .all
+            async let sourceDigest = onSource { try await MoveSQL.digest($0, range: spec.range, history: window) }
+            let targetDigest = try await onTarget { try await MoveSQL.digest($0, range: spec.range, history: window) }
             if try await sourceDigest != targetDigest,
-               let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec) }) {
+               let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, history: window) }) {
                 throw MoveError(.mismatch, difference)
             }
+            job.record.freeze.verifyMs = (ContinuousClock.now - started).wholeMilliseconds
             return machine.verifiedEqual()
 
         case .markSourceMoved:
@@ -497,7 +516,8 @@ private struct Run {
         let ids = changes.map(\.account).filter { seen.insert($0).inserted }.sorted()
         for start in stride(from: 0, to: ids.count, by: options.chunkSize) {
             let chunk = Array(ids[start..<min(start + options.chunkSize, ids.count)])
-            _ = try await onBoth { s, t in try await MoveSQL.sync(chunk, source: s, target: t, spec) }
+            let since = job.record.captureCutoff
+            _ = try await onBoth { s, t in try await MoveSQL.sync(chunk, source: s, target: t, spec, since: since) }
         }
         try await onSource { try await MoveSQL.deleteChanges($0, changes.map(\.seq)) }
         return try await onSource { try await MoveSQL.pendingChanges($0, spec) }

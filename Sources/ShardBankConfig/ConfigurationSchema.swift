@@ -4,7 +4,7 @@ import Sharding
 /// The fields a configuration file may hold, and their JSON types. A file with an unknown field (a
 /// typo) or a value of the wrong type is refused with the field's name, before anything runs.
 enum ConfigurationSchema {
-    enum Kind: String { case string = "a string", integer = "a whole number", strings = "a list of strings" }
+    enum Kind: String { case string = "a string", integer = "a whole number", strings = "a list of strings", boolean = "true or false" }
 
     /// Dotted paths; `*` stands for a node id.
     static let fields: [String: Kind] = [
@@ -17,7 +17,7 @@ enum ConfigurationSchema {
         "cluster.nodes": .strings,
         "nodes.*.host": .string, "nodes.*.port": .integer, "nodes.*.database": .string, "nodes.*.tls_mode": .string,
         "nodes.*.user": .string, "nodes.*.password_file": .string,
-        "http.host": .string, "http.port": .integer,
+        "http.host": .string, "http.port": .integer, "http.admin_routes": .boolean,
         "ledger.max_balance": .string, "ledger.move_wait_ms": .integer,
     ]
 
@@ -54,7 +54,7 @@ enum ConfigurationSchema {
             }
             let ok: Bool
             switch (kind, value) {
-            case (.string, .string), (.integer, .integer): ok = true
+            case (.string, .string), (.integer, .integer), (.boolean, .bool): ok = true
             case (.strings, .array(let items)): ok = items.allSatisfy { if case .string = $0 { true } else { false } }
             default: ok = false
             }

@@ -58,6 +58,9 @@ public struct ShardBankConfiguration: Sendable {
     /// How long an operation waits for a range frozen by a move to switch before it answers
     /// `range_moving` (`ledger.move_wait_ms`, default 3000).
     public var moveWait: Duration = .seconds(3)
+    /// `http.admin_routes`: serve the cluster's admin routes (range moves, jobs). Off by default:
+    /// anyone who reaches the port could use them (API tokens with an admin role come later).
+    public var adminRoutes = false
     /// The `SHARDBANK_*` environment it was loaded with, so ``reloaded(readingCredentialsOf:)``
     /// reads the same overrides.
     var environment: [String: String] = [:]
@@ -177,6 +180,13 @@ private struct Reader {
         return v
     }
 
+    func bool(_ key: String) throws(ConfigurationError) -> Bool? {
+        do { return try reader.requiredBool(forKey: ConfigKey(key)) } catch {
+            if isMissing(error) { return nil }
+            throw fail(key, "must be true or false")
+        }
+    }
+
     func strings(_ key: String) throws(ConfigurationError) -> [String]? {
         do { return try reader.requiredStringArray(forKey: ConfigKey(key)) } catch {
             if isMissing(error) { return nil }
@@ -276,6 +286,7 @@ private struct Reader {
             httpHost: try string("http.host") ?? "127.0.0.1", httpPort: try int("http.port", default: 8080, range: 0...65535),
             balanceLimit: try balanceLimit("ledger.max_balance"))
         configuration.moveWait = .milliseconds(try int("ledger.move_wait_ms", default: 3000, range: 0...60_000))
+        configuration.adminRoutes = try bool("http.admin_routes") ?? false
         return configuration
     }
 

@@ -185,7 +185,8 @@ private func finish(_ record: JobRecord, json: Bool) throws {
         if !json {
             print("job \(record.id): done in \(seconds) s — \(record.range ?? "") moved from \(record.from ?? "") to \(record.to ?? ""), \(record.rows.copied) rows copied"
                   + (record.rowsPerSecond.map { " (\(Int($0)) rows/s)" } ?? "")
-                  + ", freeze lock wait \(record.freeze.lockWaitMs.map(String.init) ?? "?") ms, window \(record.freeze.windowMs.map(String.init) ?? "?") ms")
+                  + ", freeze lock wait \(record.freeze.lockWaitMs.map(String.init) ?? "?") ms, window \(record.freeze.windowMs.map(String.init) ?? "?") ms"
+                  + (record.freeze.verifyMs.map { " (verify \($0) ms)" } ?? ""))
         }
     case MovePhase.cancelled.rawValue:
         throw CLIError("job \(record.id) was cancelled: \(record.error ?? "no reason recorded"); \(record.range ?? "") stays on \(record.from ?? "")")

@@ -6,6 +6,7 @@ import ClusterMetadata
 import Etcd
 import Hummingbird
 @_spi(FaultInjection) import Ledger
+import Mover
 import Logging
 import ServiceLifecycle
 import ShardBankConfig
@@ -41,10 +42,17 @@ struct Serve: AsyncParsableCommand {
                 return LedgerError(.nodeUnavailable, "node \(node) is down (\(h.reason ?? "no heartbeat")); what needs it fails until it is back, the rest of the bank goes on", node: node)
             }, connectionFailed: { health.connectionFailed($0) })
             let probe = EtcdProbe(etcd: runtime.etcd, key: runtime.store.keys.clusterInfo, logger: logger)
+            // Moves asked of the admin routes, and any move whose runner died while its range cannot
+            // be written, are run here; a job another process holds is left to it.
+            var moverOptions = RangeMover.Options()
+            moverOptions.claimWait = .zero
+            let mover = RangeMover(connections: runtime.connections, store: runtime.store, options: moverOptions, logger: logger)
+            let supervisor = MoveSupervisor(mover: mover, logger: logger)
             let app = Application(
-                router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe)),
+                router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe,
+                                                          mover: configuration.adminRoutes ? mover : nil)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
-                services: runtime.services + [resolver, probe],
+                services: runtime.services + [resolver, probe, supervisor],
                 logger: logger)
             do {
                 try await app.runService()

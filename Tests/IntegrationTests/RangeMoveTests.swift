@@ -257,6 +257,44 @@ struct RangeMoveTests {
         }
     }
 
+    @Test("a move whose runner died with its range frozen is rolled forward by a serve's supervisor within the lease's TTL; one that died while copying is left for an operator")
+    func supervisorRollsForward() async throws {
+        try await withMoveFixture { f in
+            let accounts = try await openAccounts(f.bank, count: 40, prefix: "r")
+            let crashing = f.mover { options in options.afterStep = { p, _ in if p == .frozen { throw MoverKilled() } } }
+            let job = try await crashing.create(map: .accounts, range: "a1", to: "node2")
+            await #expect(throws: MoverKilled.self) { _ = try await crashing.run(job.record.id) }
+            #expect(try await f.footprint("node1", "a1").state == "frozen")
+            let supervisor = MoveSupervisor(mover: f.mover { $0.claimWait = .zero }, interval: .milliseconds(200), logger: testLogger)
+            // A write to the frozen range waits for the switch (ledger.move_wait_ms, 3 s) and lands on node2.
+            let write = Task { try await f.bank.transfer(from: accounts[1].id, to: accounts[2].id, amount: money("1.00"), idempotencyKey: "during-roll-forward") }
+            let killed = ContinuousClock.now
+            try await eventually("the supervisor rolls the move forward", within: .seconds(30)) {
+                await supervisor.passOnce()
+                return try await f.store.job(job.record.id)?.record.phase == "done"
+            }
+            #expect(ContinuousClock.now - killed < .seconds(15))
+            #expect(try await f.owner(of: "a1") == "node2")
+            do {
+                _ = try await write.value
+            } catch let error as LedgerError where error.code == .rangeMoving {
+                // The roll-forward took longer than the write's wait: the retry goes through.
+                _ = try await f.bank.transfer(from: accounts[1].id, to: accounts[2].id, amount: money("1.00"), idempotencyKey: "during-roll-forward")
+            }
+            #expect(try await f.bank.account(accounts[1].id).node == "node2")
+            #expect(try await f.verify().clean)
+
+            // Killed while copying: the range is writable, so an operator resumes or cancels it.
+            let copying = f.mover { options in options.beforeStep = { p in if p == .copying { throw MoverKilled() } } }
+            let second = try await copying.create(map: .accounts, range: "a1", to: "node3")
+            await #expect(throws: MoverKilled.self) { _ = try await copying.run(second.record.id) }
+            try await Task.sleep(for: .seconds(3)) // the dead runner's lease expires
+            await supervisor.passOnce()
+            #expect(try await f.store.job(second.record.id)?.record.phase == "copying")
+            #expect(try await f.mover().run(second.record.id, .cancel).phase == "cancelled")
+        }
+    }
+
     @Test("a runner of a cancelled move that wakes while a newer move of the range has switched changes nothing on the source")
     func staleRunnerOfOlderJob() async throws {
         try await withMoveFixture { f in

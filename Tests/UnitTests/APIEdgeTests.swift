@@ -48,6 +48,18 @@ struct APIEdgeTests {
         try await send(.post, uri, body: Array(json.utf8))
     }
 
+    // MARK: admin routes
+
+    @Test("a move asked of an unknown map is a 404 unknown_map; without \"to\" a 422 missing_field; a field not in the route's schema a 422 unknown_field — before anything is read or written")
+    func moveRouteInput() async throws {
+        let unknownMap = try await Self.post("/v1/cluster/ranges/nosuch/a1/move", #"{"to":"node2"}"#)
+        #expect(unknownMap.status == 404 && unknownMap.code == "unknown_map")
+        let missing = try await Self.post("/v1/cluster/ranges/accounts/a1/move", "{}")
+        #expect(missing.status == 422 && missing.code == "missing_field")
+        let unknown = try await Self.post("/v1/cluster/ranges/accounts/a1/move", #"{"to":"node2","at":"1.00"}"#)
+        #expect(unknown.status == 422 && unknown.code == "unknown_field")
+    }
+
     // MARK: body limits
 
     @Test("a body over 64 KiB is a 413 body_too_large naming the limit, not a 503 retry")

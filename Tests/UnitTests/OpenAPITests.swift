@@ -30,6 +30,9 @@ struct OpenAPITests {
             })
         }
         #expect(documented.count >= 10)
+        // The admin routes exist only with http.admin_routes.
+        let plain = try await withOfflineRouter(logger: logger, adminRoutes: false) { router in Set(router.routes.map { "\($0.path)" }) }
+        #expect(!plain.contains { $0.contains("jobs") || $0.contains("ranges") }, "admin routes served without http.admin_routes: \(plain.sorted())")
         #expect(registered == documented, "only in the server: \(registered.subtracting(documented).sorted()); only in the document: \(documented.subtracting(registered).sorted())")
     }
 }
