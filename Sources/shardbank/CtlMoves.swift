@@ -20,9 +20,10 @@ extension Ctl {
                 Writes to the range wait during the switch (ledger.move_wait_ms) instead of failing. \
                 Runs in the foreground with progress on stderr; every phase is kept in the job record \
                 in etcd, so a killed `ctl move` is continued with `ctl jobs resume ID` or undone with \
-                `ctl jobs cancel ID` (until the target has taken a write). Exit 0 when done; 1 when the \
-                move was cancelled or stopped for an operator, with the reason. \
-                Only accounts ranges move for now.
+                `ctl jobs cancel ID` (until the target has taken a write). One killed while the range \
+                cannot be written (frozen until the map is published) is rolled forward by a running \
+                `serve` within a few seconds. Exit 0 when done; 1 when the move was cancelled or \
+                stopped for an operator, with the reason. Only accounts ranges move for now.
                 """)
 
         @OptionGroup var options: ConfigOptions
@@ -142,7 +143,7 @@ extension Ctl {
         struct Resume: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Continue a stopped job from its recorded phase, in the foreground.",
-                discussion: "Waits up to the owner lease's TTL for a runner that died to let go of the job.")
+                discussion: "Waits up to the owner lease's TTL for a runner that died to let go of the job. A move that died while its range was frozen is usually taken up by a running serve first: then this says who runs it.")
             @OptionGroup var options: ConfigOptions
             @Argument(help: "The job id.") var id: String
             @Flag(help: "Print the final job record as JSON.") var json = false
