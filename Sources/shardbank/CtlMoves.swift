@@ -15,7 +15,7 @@ extension Ctl {
             discussion: """
                 Copies the range's accounts, their postings and the decisions they are home of to the \
                 target in chunks while the source keeps taking writes (a change log on the source \
-                covers what changes behind the copy), catches up, then freezes the range for a moment, \
+                covers what changes behind the copy), catches up, then freezes the range while it \
                 checks count, sum and checksum on both nodes, switches ownership and publishes the map. \
                 Writes to the range wait during the switch (ledger.move_wait_ms) instead of failing. \
                 Runs in the foreground with progress on stderr; every phase is kept in the job record \
