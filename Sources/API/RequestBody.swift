@@ -51,6 +51,14 @@ struct RequestBody {
         return RequestBody(fields: fields)
     }
 
+    /// Whether the body carries `name` (null counts as absent).
+    func has(_ name: String) -> Bool {
+        switch fields[name] {
+        case nil, .null: return false
+        default: return true
+        }
+    }
+
     func string(_ name: String) throws -> String {
         switch fields[name] {
         case .string(let s): return s

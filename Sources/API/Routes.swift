@@ -15,12 +15,15 @@ public struct APIDependencies: Sendable {
     public var etcd: EtcdProbe
     /// With a mover, the cluster's admin routes are served (`http.admin_routes`).
     public var mover: RangeMover?
-    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil) {
+    /// Served with the mover: range splits.
+    public var splitter: RangeSplitter?
+    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil, splitter: RangeSplitter? = nil) {
         self.bank = bank
         self.cache = cache
         self.health = health
         self.etcd = etcd
         self.mover = mover
+        self.splitter = splitter
     }
 }
 
@@ -95,15 +98,42 @@ struct TransferJSON: ResponseEncodable {
 public enum BankRoutes {
     /// Range moves and jobs, with `http.admin_routes`: a move is recorded and answered 202; a
     /// `serve` (``MoveSupervisor``) runs it.
-    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover) {
-        router.post("/v1/cluster/ranges/{map}/{id}/move") { request, context -> Response in
+    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?) {
+        @Sendable func mapName(_ context: BasicRequestContext) throws -> MetadataKeys.MapName {
             let name = context.parameters.get("map") ?? ""
             guard let map = MetadataKeys.MapName(rawValue: name) else {
                 throw APIError(.notFound, "unknown_map", "no map \(name.prefix(40)); the maps are accounts and directory")
             }
+            return map
+        }
+        router.post("/v1/cluster/ranges/{map}/{id}/move") { request, context -> Response in
+            let map = try mapName(context)
             let body = try await RequestBody.read(request, context: context, allowed: ["to"])
             let job = try await mover.create(map: map, range: context.parameters.get("id") ?? "", to: try body.string("to"), runBy: "serve")
             return try jsonResponse(job.record, status: .accepted)
+        }
+        if let splitter {
+            // `{}` splits at the median; `at` (a balance, accounts) or `at_hash` (a decimal string, directory) at a key.
+            router.post("/v1/cluster/ranges/{map}/{id}/split") { request, context -> Response in
+                let map = try mapName(context)
+                let body = try await RequestBody.read(request, context: context, allowed: ["at", "at_hash"])
+                var at: Int64?
+                switch map {
+                case .accounts:
+                    if body.has("at_hash") { throw APIError(.unprocessableContent, "invalid_field", "accounts ranges split at a balance: send \"at\", not \"at_hash\"") }
+                    if body.has("at") { at = try body.money("at").minorUnits }
+                case .directory:
+                    if body.has("at") { throw APIError(.unprocessableContent, "invalid_field", "directory ranges split at a hash: send \"at_hash\", not \"at\"") }
+                    if body.has("at_hash") {
+                        guard let hash = Int64(try body.string("at_hash")) else {
+                            throw APIError(.unprocessableContent, "invalid_field", "field \"at_hash\" must be a whole number written as a string, such as \"-4611686018427387904\"")
+                        }
+                        at = hash
+                    }
+                }
+                let job = try await splitter.create(map: map, range: context.parameters.get("id") ?? "", at: at, runBy: "serve")
+                return try jsonResponse(job.record, status: .accepted)
+            }
         }
         router.get("/v1/cluster/jobs") { _, _ -> Response in
             try jsonResponse(["jobs": try await mover.store.jobs().map(\.record)], status: .ok)
@@ -154,7 +184,7 @@ public enum BankRoutes {
                                             nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
                                             etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
         }
-        if let mover = deps.mover { adminRoutes(router, mover: mover) }
+        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter) }
         router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
             let id = context.parameters.get("id") ?? ""
             guard cache.snapshot.nodes[id] != nil else {

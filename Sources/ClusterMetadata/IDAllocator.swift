@@ -61,3 +61,38 @@ public actor IDAllocator {
         throw MetadataError(.conflict, "could not reserve an id block after 1000 contended attempts")
     }
 }
+
+extension MetadataStore {
+    /// A new range id: `letter` and the number `ids/range` holds, which is advanced by a
+    /// compare-and-swap, so no two callers (and no two maps) ever get the same number and an id is
+    /// never reused, even after its range is gone. The first call starts above every number the
+    /// maps' ids use (`existing`). A number whose answer was lost is skipped, never handed out twice.
+    public func allocateRangeID(letter: String, existing: [String]) async throws(MetadataError) -> String {
+        let key = keys.rangeIDs
+        let highest = existing.compactMap { Int64($0.drop { !$0.isNumber }) }.max() ?? 0
+        for _ in 0..<100 {
+            do {
+                let current = try await etcd.get(key)
+                var next = highest + 1
+                if let current {
+                    guard let stored = Int64(current.stringValue), stored > 0 else {
+                        throw MetadataError(.corrupt, "\(key) holds \"\(current.stringValue.prefix(20))\", not a positive number")
+                    }
+                    next = max(stored, next)
+                }
+                let result = try await etcd.transaction(compare: [.modRevision(key, is: current?.modRevision ?? 0)],
+                                                        success: [.put(key, String(next + 1))])
+                if result.succeeded { return letter + String(next) }
+            } catch let error as EtcdError where error.code == .outcomeUnknown {
+                continue
+            } catch let error as EtcdError {
+                throw MetadataError(error, while: "allocating a range id")
+            } catch let error as MetadataError {
+                throw error
+            } catch {
+                throw MetadataError(.etcd, "allocating a range id: \(error)", underlying: error)
+            }
+        }
+        throw MetadataError(.conflict, "could not allocate a range id after 100 contended attempts")
+    }
+}

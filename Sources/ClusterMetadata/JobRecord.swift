@@ -65,6 +65,12 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// `serve` for a job asked of the HTTP admin routes: any `serve` runs it (``MoveSupervisor``);
     /// nil for a job `ctl` runs in the foreground.
     public var runBy: String?
+    /// A split's new range (its id from `ids/range`, never reused): the upper part of ``range``.
+    /// Held in the job's range lock too, so no other job takes it before the split is done.
+    public var newRange: String?
+    /// Where a split divides ``range``: the new range's lower bound (balance in minor units, or
+    /// directory hash).
+    public var splitAt: Int64?
     /// The kind's own phase names (a move's: ``MovePhase`` raw values), `done` or `cancelled` at the end.
     public var phase: String
     /// The job that started this one (a rebalance's moves).
@@ -92,6 +98,8 @@ public struct JobRecord: Sendable, Hashable, Codable {
         self.publishedAt = nil
         self.runBy = nil
         self.captureCutoff = nil
+        self.newRange = nil
+        self.splitAt = nil
         self.phase = phase
         self.parent = parent
         self.rows = Rows()
@@ -115,6 +123,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
         case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at", runBy = "run_by", captureCutoff = "capture_cutoff"
+        case newRange = "new_range", splitAt = "split_at"
     }
 }
 
@@ -161,6 +170,11 @@ extension MetadataStore {
             compare.append(.absent(lock))
             success.append(.put(key: lock, value: Array(record.id.utf8), lease: nil))
             failure.append(.get(.key(lock)))
+            if let newRange = record.newRange {
+                let second = keys.rangeLock(map: map, range: newRange)
+                compare.append(.absent(second))
+                success.append(.put(key: second, value: Array(record.id.utf8), lease: nil))
+            }
         }
         do {
             let result = try await etcd.transaction(compare: compare, success: success, failure: failure)
@@ -187,6 +201,7 @@ extension MetadataStore {
         var success: [EtcdOperation] = [.put(key: keys.job(record.id), value: Self.encodeJob(record), lease: nil)]
         if record.finished, let map = record.map, let range = record.range {
             success.append(.delete(.key(keys.rangeLock(map: map, range: range))))
+            if let newRange = record.newRange { success.append(.delete(.key(keys.rangeLock(map: map, range: newRange)))) }
         }
         do {
             let result = try await etcd.transaction(compare: [.modRevision(keys.job(record.id), is: expectedRevision)], success: success)

@@ -20,6 +20,8 @@ public struct MetadataKeys: Sendable, Hashable {
     public func nodeInfo(_ id: String) -> String { prefix + "node/\(id)/info" }
     public func nodeHeartbeat(_ id: String) -> String { prefix + "node/\(id)/heartbeat" }
     public var accountIDs: String { prefix + "ids/account" }
+    /// The next number for a new range id (`a4`, `d5`, …): ids are never reused.
+    public var rangeIDs: String { prefix + "ids/range" }
     /// Written once by `ctl init`: the cluster's identity and creation time.
     public var clusterInfo: String { prefix + "cluster/info" }
 

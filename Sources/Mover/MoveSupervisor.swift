@@ -3,26 +3,32 @@ import Logging
 import Moves
 import ServiceLifecycle
 
-/// Runs, inside `serve`, the moves no `ctl` runs: those asked of the HTTP admin routes (`run_by:
-/// serve`), and any move whose runner died while its range cannot be written (`frozen` …
+/// Runs, inside `serve`, the moves and splits no `ctl` runs: those asked of the HTTP admin routes
+/// (`run_by: serve`), and any move whose runner died while its range cannot be written (`frozen` …
 /// `published`), which is rolled forward within the owner lease's TTL and a poll rather than
 /// waiting for an operator. Every `serve` runs one; the job's owner key decides which one runs a
 /// job. One job at a time per process.
 public struct MoveSupervisor: Service {
     let mover: RangeMover
+    let splitter: RangeSplitter?
     let interval: Duration
     let logger: Logger
 
     /// `mover` should not wait for ownership (``RangeMover/Options/claimWait`` zero): another
     /// `serve` holding a job is simply left to it.
-    public init(mover: RangeMover, interval: Duration = .seconds(1), logger: Logger) {
+    public init(mover: RangeMover, splitter: RangeSplitter? = nil, interval: Duration = .seconds(1), logger: Logger) {
         self.mover = mover
+        self.splitter = splitter
         self.interval = interval
         self.logger = logger
     }
 
     /// Whether a job is this supervisor's to take up (its owner key is checked by the claim).
     static func wants(_ job: JobRecord) -> Bool {
+        if job.kind == .split {
+            guard let phase = SplitPhase(rawValue: job.phase), !phase.finished else { return false }
+            return job.runBy == "serve" && job.error == nil
+        }
         guard job.kind == .move, let phase = MovePhase(rawValue: job.phase), !phase.finished else { return false }
         if phase.rangeUnwritable { return true }
         // A job asked of serve, not stopped for an operator (its error says why; they resume it).
@@ -45,11 +51,16 @@ public struct MoveSupervisor: Service {
             logger.debug("move supervisor: jobs not readable", metadata: ["error": "\(error)"])
             return
         }
-        for job in jobs where Self.wants(job.record) {
+        for job in jobs where Self.wants(job.record) && (job.record.kind == .move || splitter != nil) {
             guard (try? await mover.store.jobOwner(job.record.id)) == .some(nil) else { continue }
             logger.notice("move supervisor: taking up job", metadata: ["job": "\(job.record.id)", "phase": "\(job.record.phase)"])
             do {
-                let record = try await mover.run(job.record.id)
+                let record: JobRecord
+                if job.record.kind == .split, let splitter {
+                    record = try await splitter.run(job.record.id)
+                } else {
+                    record = try await mover.run(job.record.id)
+                }
                 logger.notice("move supervisor: job ended or stopped", metadata: ["job": "\(record.id)", "phase": "\(record.phase)", "error": "\(record.error ?? "")"])
             } catch let error as MoveError where error.code == .superseded {
                 logger.debug("move supervisor: another runner has the job", metadata: ["job": "\(job.record.id)"])

@@ -131,49 +131,11 @@ public struct RangeMover: Sendable {
             throw MoveError(.invalid, "job \(id): \(error.message)")
         }
         let start = (machine, action)
-        let owner = "\(ProcessInfo.processInfo.hostName)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
-        let lease = try await claim(id, owner: owner)
-        return try await withThrowingTaskGroup(of: JobRecord?.self) { group in
-            group.addTask {
-                // Keeps the ownership; a lost lease stops the runner (another may take the job).
-                while !Task.isCancelled {
-                    try await Task.sleep(for: .milliseconds(Int64(options.leaseTTL) * 1000 / 3))
-                    if try await store.etcd.keepAliveOnce(lease) == nil {
-                        throw MoveError(.superseded, "job \(id): this runner's lease expired (etcd unreachable for \(options.leaseTTL) s?); it stops, and `ctl jobs resume \(id)` goes on")
-                    }
-                }
-                return nil
-            }
-            group.addTask {
-                var run = Run(mover: self, job: job, owner: owner)
-                var machine = start.0
-                let record = try await run.drive(&machine, start.1)
-                try? await store.releaseJob(id, owner: owner)
-                try? await store.etcd.revokeLease(lease)
-                return record
-            }
-            defer { group.cancelAll() }
-            while let result = try await group.next() {
-                if let record = result { return record }
-            }
-            throw MoveError(.superseded, "job \(id) stopped")
-        }
-    }
-
-    /// Takes the job's owner key, waiting up to the TTL (+1 s) for a dead runner's lease to expire.
-    private func claim(_ id: String, owner: String) async throws -> Int64 {
-        let lease = try await store.etcd.grantLease(ttl: options.leaseTTL)
-        let deadline = ContinuousClock.now + (options.claimWait ?? .seconds(options.leaseTTL + 1))
-        while true {
-            // Our own lease must outlive the wait for the other's to expire.
-            _ = try await store.etcd.keepAliveOnce(lease.id)
-            if try await store.claimJob(id, owner: owner, lease: lease.id) { return lease.id }
-            guard ContinuousClock.now < deadline else {
-                try? await store.etcd.revokeLease(lease.id)
-                let holder = try await store.jobOwner(id) ?? "another runner"
-                throw MoveError(.superseded, "job \(id) is being run by \(holder); wait for it, or stop that process and resume the job")
-            }
-            try await Task.sleep(for: .milliseconds(250))
+        let ownership = JobOwnership(store: store, id: id, leaseTTL: options.leaseTTL, claimWait: options.claimWait ?? .seconds(options.leaseTTL + 1))
+        return try await ownership.run { owner in
+            var run = Run(mover: self, job: job, owner: owner)
+            var machine = start.0
+            return try await run.drive(&machine, start.1)
         }
     }
 }
@@ -275,7 +237,7 @@ private struct Run {
                     let done = action
                     action = try await perform(action, &machine)
                     if let hook = options.afterStep { try await hook(phase, done) }
-                } catch let error as MoverDrill {
+                } catch let error as any MoverDrill {
                     throw error
                 } catch let error as MoveError where error.code == .superseded {
                     throw error

@@ -5,6 +5,7 @@ import Foundation
 import Ledger
 import Mover
 import Moves
+import Sharding
 import Synchronization
 
 extension Ctl {
@@ -61,6 +62,59 @@ extension Ctl {
         }
     }
 
+    /// `ctl split`: one range becomes two on the same node, online.
+    struct Split: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Split a range in two on its node while the bank runs (no row changes node).",
+            discussion: """
+                The node gets the new range's ownership row while the old row still covers the whole \
+                range, the map is changed (the new range gets an id never used before), the rows at or \
+                above the key are relabelled in chunks of 1,000, and one short transaction narrows the \
+                old range and relabels what was written under it meanwhile; for an accounts range the \
+                directory entries of the moved accounts then name the new range. Writes go on \
+                throughout; a router still on the old map is sent to the new one by the node's bounds. \
+                Without --at/--at-hash the range is split at its median by rows. Runs in the foreground \
+                with progress on stderr; a killed split is continued with `ctl jobs resume ID`, or \
+                undone with `ctl jobs cancel ID` until the map names the new range. Exit 0 when done; \
+                1 when refused, cancelled or stopped for an operator, with the reason.
+                """)
+
+        @OptionGroup var options: ConfigOptions
+
+        @Argument(help: "The range id (see `shardbank ctl status`): an accounts range (a…) or a directory range (d…).")
+        var range: String
+
+        @Option(help: ArgumentHelp("Accounts ranges: the balance where the new range begins, such as 2500.00 (at most two decimals).", valueName: "amount"))
+        var at: String?
+
+        @Option(name: .customLong("at-hash"), help: ArgumentHelp("Directory ranges: the account hash where the new range begins (a signed 64-bit number).", valueName: "n"))
+        var atHash: Int64?
+
+        @Flag(help: "Print the final job record as JSON.")
+        var json = false
+
+        func validate() throws {
+            if at != nil, atHash != nil { throw ValidationError("give --at (accounts ranges) or --at-hash (directory ranges), not both") }
+            if let at { do { _ = try Money(parsing: at) } catch { throw ValidationError("--at \(at): \(error)") } }
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                try await withRunners(options) { runners in
+                    let store = runners.mover.store
+                    let map: MetadataKeys.MapName = try await store.loadMap(.directory)?.map.range(id: range) != nil ? .directory : .accounts
+                    if map == .accounts, atHash != nil { throw CLIError("\(range) is an accounts range: split it at a balance with --at, not --at-hash") }
+                    if map == .directory, at != nil { throw CLIError("\(range) is a directory range: split it at a hash with --at-hash, not --at") }
+                    let key = try at.map { try Money(parsing: $0).minorUnits } ?? atHash
+                    let job = try await runners.splitter.create(map: map, range: range, at: key)
+                    let shown = job.record.splitAt.map { map == .accounts ? Money(minorUnits: $0).description : String($0) } ?? "?"
+                    FileHandle.standardError.write(Data("job \(job.record.id): splitting \(map.rawValue) range \(range) on \(job.record.from ?? "?") at \(shown) (new range \(job.record.newRange ?? "?"))\n".utf8))
+                    try finish(try await runners.splitter.run(job.record.id), json: json)
+                }
+            }
+        }
+    }
+
     /// `ctl add-node`: a new storage node joins the running cluster.
     struct AddNode: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -95,7 +149,7 @@ extension Ctl {
     /// `ctl jobs`: the jobs in etcd; resume or cancel one.
     struct Jobs: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List, show, resume or cancel the cluster's jobs (range moves).",
+            abstract: "List, show, resume or cancel the cluster's jobs (range moves and splits).",
             subcommands: [List.self, Show.self, Resume.self, Cancel.self],
             defaultSubcommand: List.self)
 
@@ -150,26 +204,26 @@ extension Ctl {
 
             func run() async throws {
                 try await reportingErrors {
-                    try await withMover(options, maxRowsPerSecond: nil) { mover in try finish(try await mover.run(id, .resume), json: json) }
+                    try await withRunners(options) { runners in try finish(try await runners.run(id, .resume), json: json) }
                 }
             }
         }
 
         struct Cancel: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Undo a move that has not switched: the source active again, the target's copies removed.",
-                discussion: "Refused once the target may have taken a write (target_active and after): resume such a move instead.")
+                abstract: "Undo a move that has not switched (the source active again, the target's copies removed), or a split the map does not show yet.",
+                discussion: "Refused once the target may have taken a write (target_active and after), or once the map names a split's new range (relabeling and after): resume such a job instead.")
             @OptionGroup var options: ConfigOptions
             @Argument(help: "The job id.") var id: String
             @Flag(help: "Print the final job record as JSON.") var json = false
 
             func run() async throws {
                 try await reportingErrors {
-                    try await withMover(options, maxRowsPerSecond: nil) { mover in
-                        let record = try await mover.run(id, .cancel)
+                    try await withRunners(options) { runners in
+                        let record = try await runners.run(id, .cancel)
                         if json { print(String(decoding: try jobEncoder().encode(record), as: UTF8.self)) }
                         guard record.phase == MovePhase.cancelled.rawValue else { throw CLIError("job \(id) stopped in \(record.phase): \(record.error ?? "")") }
-                        print("job \(id): cancelled; \(record.range ?? "") stays on \(record.from ?? "")")
+                        print(record.kind == .split ? "job \(id): cancelled; \(record.range ?? "") is whole again" : "job \(id): cancelled; \(record.range ?? "") stays on \(record.from ?? "")")
                     }
                 }
             }
@@ -181,6 +235,12 @@ extension Ctl {
 private func finish(_ record: JobRecord, json: Bool) throws {
     if json { print(String(decoding: try jobEncoder().encode(record), as: UTF8.self)) }
     switch record.phase {
+    case SplitPhase.done.rawValue where record.kind == .split:
+        let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
+        let at = record.splitAt.map { record.map == "accounts" ? Money(minorUnits: $0).description : String($0) } ?? "?"
+        if !json {
+            print("job \(record.id): done in \(seconds) s — \(record.range ?? "") split at \(at) on \(record.from ?? ""): \(record.newRange ?? "") holds [\(at), …), \(record.rows.copied) rows looked at")
+        }
     case MovePhase.done.rawValue:
         let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
         if !json {
@@ -193,7 +253,7 @@ private func finish(_ record: JobRecord, json: Bool) throws {
         throw CLIError("job \(record.id) was cancelled: \(record.error ?? "no reason recorded"); \(record.range ?? "") stays on \(record.from ?? "")")
     default:
         throw CLIError("job \(record.id) stopped in \(record.phase): \(record.error ?? "no reason recorded"). Continue it with `shardbank ctl jobs resume \(record.id)`"
-                       + (MovePhase(rawValue: record.phase)?.cancellable == true ? " or undo it with `shardbank ctl jobs cancel \(record.id)`" : ""))
+                       + ((record.kind == .split ? SplitPhase(rawValue: record.phase)?.cancellable : MovePhase(rawValue: record.phase)?.cancellable) == true ? " or undo it with `shardbank ctl jobs cancel \(record.id)`" : ""))
     }
 }
 
@@ -214,9 +274,25 @@ private func withStore<T>(_ options: ConfigOptions, _ body: (MetadataStore) asyn
     }
 }
 
-/// A mover over every registered node, with a progress line on stderr.
+/// What runs jobs here: a mover and a splitter over every registered node, with a progress line on stderr.
+private struct Runners {
+    let mover: RangeMover
+    let splitter: RangeSplitter
+
+    /// Runs job `id` with the runner of its kind.
+    func run(_ id: String, _ command: RangeMover.Command) async throws -> JobRecord {
+        guard let job = try await mover.store.job(id) else { throw MoveError(.notFound, "there is no job \(id); `shardbank ctl jobs` lists them") }
+        return job.record.kind == .split ? try await splitter.run(id, command) : try await mover.run(id, command)
+    }
+}
+
 private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, decisionGrace: Duration = .seconds(30),
                        _ body: (RangeMover) async throws -> Void) async throws {
+    try await withRunners(options, maxRowsPerSecond: maxRowsPerSecond, decisionGrace: decisionGrace) { try await body($0.mover) }
+}
+
+private func withRunners(_ options: ConfigOptions, maxRowsPerSecond: Int? = nil, decisionGrace: Duration = .seconds(30),
+                         _ body: (Runners) async throws -> Void) async throws {
     let configuration = try await options.load()
     let logger = makeLogger(configuration.logLevel)
     try await withEtcd(configuration, logger: logger) { etcd in
@@ -225,18 +301,22 @@ private func withMover(_ options: ConfigOptions, maxRowsPerSecond: Int?, decisio
         var moverOptions = RangeMover.Options()
         moverOptions.maxRowsPerSecond = maxRowsPerSecond
         moverOptions.decisionGrace = decisionGrace
+        var splitterOptions = RangeSplitter.Options()
         // Fault drills (scripts/acceptance): stop in a phase and wait there to be killed.
-        if let hold = ProcessInfo.processInfo.environment["SHARDBANK_TEST_MOVE_HOLD_AT"].flatMap(MovePhase.init(rawValue:)) {
-            moverOptions.beforeStep = { phase in
+        if let hold = ProcessInfo.processInfo.environment["SHARDBANK_TEST_MOVE_HOLD_AT"] {
+            @Sendable func holding(_ phase: String) async throws {
                 guard phase == hold else { return }
-                FileHandle.standardError.write(Data("holding at \(phase.rawValue) (SHARDBANK_TEST_MOVE_HOLD_AT)\n".utf8))
+                FileHandle.standardError.write(Data("holding at \(phase) (SHARDBANK_TEST_MOVE_HOLD_AT)\n".utf8))
                 while true { try await Task.sleep(for: .seconds(3600)) }
             }
+            moverOptions.beforeStep = { try await holding($0.rawValue) }
+            splitterOptions.beforeStep = { try await holding($0.rawValue) }
         }
         let bar = ProgressLine()
-        let mover = RangeMover(connections: connections, store: store, options: moverOptions, logger: logger) { bar.show($0) }
+        let runners = Runners(mover: RangeMover(connections: connections, store: store, options: moverOptions, logger: logger) { bar.show($0) },
+                              splitter: RangeSplitter(connections: connections, store: store, options: splitterOptions, logger: logger) { bar.show($0) })
         do {
-            try await body(mover)
+            try await body(runners)
             bar.end()
             await connections.shutdown()
         } catch {

@@ -47,10 +47,14 @@ struct Serve: AsyncParsableCommand {
             var moverOptions = RangeMover.Options()
             moverOptions.claimWait = .zero
             let mover = RangeMover(connections: runtime.connections, store: runtime.store, options: moverOptions, logger: logger)
-            let supervisor = MoveSupervisor(mover: mover, logger: logger)
+            var splitterOptions = RangeSplitter.Options()
+            splitterOptions.claimWait = .zero
+            let splitter = RangeSplitter(connections: runtime.connections, store: runtime.store, options: splitterOptions, logger: logger)
+            let supervisor = MoveSupervisor(mover: mover, splitter: splitter, logger: logger)
             let app = Application(
                 router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe,
-                                                          mover: configuration.adminRoutes ? mover : nil)),
+                                                          mover: configuration.adminRoutes ? mover : nil,
+                                                          splitter: configuration.adminRoutes ? splitter : nil)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
                 services: runtime.services + [resolver, probe, supervisor],
                 logger: logger)

@@ -13,7 +13,7 @@ import Testing
 
 /// A three-node cluster (seed layout) with a bank whose maps follow etcd (as `serve`'s cache
 /// does, read again when a node refuses or a range moves) and a resolver, for range moves.
-private final class MoveFixture: Sendable {
+final class MoveFixture: Sendable {
     let etcd: EtcdClient
     let store: MetadataStore
     let connections: NodeConnections
@@ -62,7 +62,7 @@ private final class MoveFixture: Sendable {
     }
 }
 
-private func withMoveFixture(_ body: (MoveFixture) async throws -> Void) async throws {
+func withMoveFixture(_ body: (MoveFixture) async throws -> Void) async throws {
     try await withInitialisedCluster { cluster, etcd in
         let connections = NodeConnections(logger: testLogger)
         for node in ["node1", "node2", "node3"] {
@@ -91,10 +91,10 @@ final class Shared<Value: Sendable>: Sendable {
 }
 
 /// A fault drill's stand-in for `kill -9`: thrown from the mover's step hook.
-private struct MoverKilled: MoverDrill {}
+struct MoverKilled: MoverDrill {}
 
 /// Opens `count` accounts with balances spread over a1 (0.00–10,000.00), a few near its top.
-private func openAccounts(_ bank: Bank, count: Int, prefix: String) async throws -> [Account] {
+func openAccounts(_ bank: Bank, count: Int, prefix: String) async throws -> [Account] {
     var accounts: [Account] = []
     for i in 0..<count {
         let cents = i % 5 == 0 ? 999_000 + Int64(i) : 10_000 + Int64(i) * 7_919 % 900_000
