@@ -60,6 +60,22 @@ struct APIEdgeTests {
         #expect(unknown.status == 422 && unknown.code == "unknown_field")
     }
 
+    @Test("a split's key is checked before anything is read: more than two decimals, the other map's field, a hash that is not a number, an unknown field")
+    func splitRouteInput() async throws {
+        let decimals = try await Self.post("/v1/cluster/ranges/accounts/a1/split", #"{"at":"10.001"}"#)
+        #expect(decimals.status == 422 && decimals.code == "invalid_amount")
+        let hashForAccounts = try await Self.post("/v1/cluster/ranges/accounts/a1/split", #"{"at_hash":"5"}"#)
+        #expect(hashForAccounts.status == 422 && hashForAccounts.code == "invalid_field" && hashForAccounts.message?.contains("balance") == true)
+        let amountForDirectory = try await Self.post("/v1/cluster/ranges/directory/d1/split", #"{"at":"5.00"}"#)
+        #expect(amountForDirectory.status == 422 && amountForDirectory.code == "invalid_field")
+        let notNumber = try await Self.post("/v1/cluster/ranges/directory/d1/split", #"{"at_hash":"12x"}"#)
+        #expect(notNumber.status == 422 && notNumber.code == "invalid_field")
+        let unknown = try await Self.post("/v1/cluster/ranges/accounts/a1/split", #"{"to":"node2"}"#)
+        #expect(unknown.status == 422 && unknown.code == "unknown_field")
+        let unknownMap = try await Self.post("/v1/cluster/ranges/nosuch/a1/split", "{}")
+        #expect(unknownMap.status == 404 && unknownMap.code == "unknown_map")
+    }
+
     // MARK: body limits
 
     @Test("a body over 64 KiB is a 413 body_too_large naming the limit, not a 503 retry")

@@ -14,8 +14,10 @@ func withOfflineRouter<T>(logger: Logger, adminRoutes: Bool = true, _ body: (Rou
                     nextAccountID: { 1 }, logger: logger)
     let cache = MetadataCache(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
     let mover = RangeMover(connections: NodeConnections(logger: logger), store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
+    let splitter = RangeSplitter(connections: NodeConnections(logger: logger), store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
     let router = BankRoutes.router(APIDependencies(bank: bank, cache: cache, health: NodeHealthMonitor(cache: cache),
-                                                   etcd: EtcdProbe(etcd: etcd, key: "/x", logger: logger), mover: adminRoutes ? mover : nil))
+                                                   etcd: EtcdProbe(etcd: etcd, key: "/x", logger: logger), mover: adminRoutes ? mover : nil,
+                                                   splitter: adminRoutes ? splitter : nil))
     do {
         let result = try await body(router)
         try await etcd.shutdown()
