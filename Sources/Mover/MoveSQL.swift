@@ -477,16 +477,19 @@ enum MoveSQL {
         return row
     }
 
-    /// The source's decision rows whose home account is not on the source and which the target
-    /// holds too (the ones the move copied), after `after`; deleted by the caller once nothing
-    /// prepared may still ask the source for them.
-    static func movedDecisions(_ s: MariaDBConnection, _ t: MariaDBConnection, after: String, limit: Int) async throws -> (keys: [(String, String)], last: String?) {
+    /// The source's decision rows that the target holds too (the ones the move copied), after
+    /// `after`; deleted by the caller once nothing prepared may still ask the source for them.
+    /// Those whose home account is not on the source; and those whose home account came back to
+    /// the source from the target after the switch (a crossing: its `previous_nodes` name the
+    /// target, so a retry of the key still finds the target's copy) — else the decision would be
+    /// kept on both nodes.
+    static func movedDecisions(_ s: MariaDBConnection, _ t: MariaDBConnection, target: String, after: String, limit: Int) async throws -> (keys: [(String, String)], last: String?) {
         let rows = try await s.execute("""
-            SELECT t.transfer_id, t.attempt FROM transfers t
+            SELECT t.transfer_id, t.attempt FROM transfers t LEFT JOIN account_info a ON a.account_id = t.home_account
             WHERE t.home_account IS NOT NULL AND t.transfer_id > ?
-              AND NOT EXISTS (SELECT 1 FROM account_info a WHERE a.account_id = t.home_account)
+              AND (a.account_id IS NULL OR FIND_IN_SET(?, a.previous_nodes) > 0)
             ORDER BY t.transfer_id LIMIT \(limit)
-            """, [.string(after)]).rows
+            """, [.string(after), .string(target)]).rows
         guard !rows.isEmpty else { return ([], nil) }
         let keys = try rows.map { (try $0.string("transfer_id"), try $0.string("attempt")) }
         let onTarget = Set(try await t.execute("SELECT transfer_id, attempt FROM transfers WHERE (transfer_id, attempt) IN (\(keys.map { _ in "(?, ?)" }.joined(separator: ", ")))",

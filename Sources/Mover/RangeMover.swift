@@ -446,7 +446,7 @@ private struct Run {
             }
             var after = ""
             while true {
-                let (keys, last) = try await onBoth { s, t in try await MoveSQL.movedDecisions(s, t, after: after, limit: 1000) }
+                let (keys, last) = try await onBoth { s, t in try await MoveSQL.movedDecisions(s, t, target: spec.target, after: after, limit: 1000) }
                 try await onSource { try await MoveSQL.deleteDecisions($0, keys) }
                 guard let last else { break }
                 after = last

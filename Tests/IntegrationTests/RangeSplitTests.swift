@@ -252,6 +252,33 @@ struct RangeSplitTests {
         }
     }
 
+    @Test("an account whose range moved and that crosses back to the source before the move's cleaning keeps one copy of each decision (not one per node); its retry replays")
+    func decisionCopiesAfterCrossingBack() async throws {
+        try await withMoveFixture { f in
+            let x = try await f.bank.openAccount(customerName: "x", balance: money("8000.00"), idempotencyKey: "open-x")
+            let y = try await f.bank.openAccount(customerName: "y", balance: money("10.00"), idempotencyKey: "open-y")
+            // x is the home account of this decision (the payer), made on node1.
+            let paid = try await f.bank.transfer(from: x.id, to: y.id, amount: money("1.00"), idempotencyKey: "before-move")
+            let split = try await f.splitter().run(try await f.splitter().create(map: .accounts, range: "a1", at: 600_000).record.id)
+            #expect(split.phase == "done")
+            let upper = try #require(split.newRange)
+            // Once the map names node2 for the upper half, x crosses back down into a1 on node1.
+            let mover = f.mover { options in
+                options.beforeStep = { phase in
+                    guard phase == .cleaning else { return }
+                    _ = try? await f.bank.transfer(from: x.id, to: y.id, amount: money("3000.00"), idempotencyKey: "cross-back")
+                }
+            }
+            let moved = try await mover.run(try await mover.create(map: .accounts, range: upper, to: "node2").record.id)
+            #expect(moved.phase == "done", "\(moved)")
+            #expect(try await f.bank.account(x.id).node == "node1")
+            let after = try await f.verify()
+            #expect(after.clean, "\(after.summary)")
+            let again = try await f.bank.transfer(from: x.id, to: y.id, amount: money("1.00"), idempotencyKey: "before-move")
+            #expect(again.replayed && again.transferID == paid.transferID)
+        }
+    }
+
     @Test("refusals: an unknown range (listing the known ones), a key outside the range or on its bound, an empty range, a median on the lower bound, a range in a job")
     func refusals() async throws {
         try await withMoveFixture { f in
