@@ -267,24 +267,41 @@ enum AccountSQL {
                             [.int(id), .string(directoryRange), .string(node), .string(range)])
     }
 
-    /// Points the entry at the account's new range on the same node.
-    static func relabelDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, to: String) async throws {
-        let result = try await c.execute("UPDATE account_directory SET data_range = ? WHERE account_id = ? AND data_range = ?",
-                                         [.string(to), .int(id), .string(from)])
-        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(from)") }
+    /// Points the entry at the account's new range on the same node. The entry must still name a
+    /// range on that node (`from`, or one of `sameNode`, the ranges the router's map places there):
+    /// a split relabels an account's row before its entry, so for a while the entry may name the
+    /// range the row's range was split from. The row itself is locked and checked by the caller's
+    /// branch on the node, so an account that left the node is caught there.
+    static func relabelDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, sameNode: [String], to: String) async throws {
+        let names = Array(Set([from] + sameNode)).sorted()
+        let result = try await c.execute("UPDATE account_directory SET data_range = ? WHERE account_id = ? AND data_range IN (\(placeholders(names.count)))",
+                                         [.string(to), .int(id)] + names.map { .string($0) })
+        guard result.affectedRows == 1 else {
+            // Nothing changed: the entry may name `to` already (a split's relabel got there first).
+            let now = try await c.execute("SELECT data_range FROM account_directory WHERE account_id = ? FOR UPDATE", [.int(id)]).rows.first?.string("data_range")
+            guard now == to else {
+                throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(from) or another range on its node")
+            }
+            return
+        }
     }
 
     /// Points the entry at the account's new range (and node) and remembers the node it leaves
-    /// (idempotent retries look there). The entry must still name `fromRange`: the account's node is
-    /// the map's owner of that range, so a range move rewrites no entry and `data_node` may be old.
-    static func moveDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, fromRange: String, to: String, range: String) async throws {
+    /// (idempotent retries look there). The entry must still name `fromRange` or another range
+    /// on the node it leaves (`sameNode`, as ``relabelDirectory(_:_:from:sameNode:to:)`` says):
+    /// the account's node is the map's owner of that range, so a range move rewrites no entry and
+    /// `data_node` may be old.
+    static func moveDirectory(_ c: MariaDBConnection, _ id: Int64, from: String, fromRange: String, sameNode: [String], to: String, range: String) async throws {
+        let names = Array(Set([fromRange] + sameNode)).sorted()
         let result = try await c.execute("""
             UPDATE account_directory SET data_node = ?, data_range = ?,
               previous_nodes = IF(previous_nodes = '', ?, IF(FIND_IN_SET(?, previous_nodes) > 0, previous_nodes, CONCAT(previous_nodes, ',', ?)))
-            WHERE account_id = ? AND data_range = ?
-            """, [.string(to), .string(range), .string(from), .string(from), .string(from), .int(id), .string(fromRange)])
-        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(fromRange)") }
+            WHERE account_id = ? AND data_range IN (\(placeholders(names.count)))
+            """, [.string(to), .string(range), .string(from), .string(from), .string(from), .int(id)] + names.map { .string($0) })
+        guard result.affectedRows == 1 else { throw PlanStale(reason: "the directory entry of account \(id) no longer points at range \(fromRange) or another range on \(from)") }
     }
+
+    static func placeholders(_ n: Int) -> String { Array(repeating: "?", count: n).joined(separator: ", ") }
 }
 
 /// The plan no longer matches the data (a row moved or changed, or a range changed hands):

@@ -37,6 +37,8 @@ extension Bank {
             }
             let target = try maps.accounts.range(for: after)
             let source = row.range
+            // The ranges on the account's node: its directory entry may name any of them for a while after a split.
+            let siblings = maps.accounts.ranges.filter { $0.node == node }.map(\.id)
             if target.node == node {
                 add(node) { c in
                     let sourceBounds = try await AccountSQL.fence(c, map: "accounts", range: source, node: node)
@@ -61,7 +63,7 @@ extension Bank {
                     let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
                     add(directory.node) { c in
                         try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
-                        try await AccountSQL.relabelDirectory(c, id, from: source, to: target.id)
+                        try await AccountSQL.relabelDirectory(c, id, from: source, sameNode: siblings, to: target.id)
                     }
                 }
             } else {
@@ -88,7 +90,7 @@ extension Bank {
                 }
                 add(directory.node) { c in
                     try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
-                    try await AccountSQL.moveDirectory(c, id, from: node, fromRange: source, to: target.node, range: target.id)
+                    try await AccountSQL.moveDirectory(c, id, from: node, fromRange: source, sameNode: siblings, to: target.node, range: target.id)
                 }
             }
         }

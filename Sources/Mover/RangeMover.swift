@@ -193,7 +193,9 @@ private struct Run {
         do {
             job.modRevision = try await mover.store.updateJob(job.record, expectedRevision: job.modRevision)
         } catch {
-            throw superseded(error)
+            // A write whose answer was lost is ours, landed: the record holds exactly what we wrote.
+            guard error.code == .conflict, let now = try await mover.store.job(job.record.id), now.record == job.record else { throw superseded(error) }
+            job.modRevision = now.modRevision
         }
         lastSaved = ContinuousClock.now
         mover.progress(job.record)

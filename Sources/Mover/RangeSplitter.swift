@@ -5,6 +5,7 @@ import Logging
 import MariaDB
 import Moves
 import Sharding
+import Synchronization
 
 /// Runs range splits: the I/O around ``RangeSplitStateMachine``, on the one node that holds the
 /// range. The node gets the new range's ownership row while the old row still covers the whole
@@ -142,8 +143,6 @@ private struct SplitRun {
     let owner: String
     var spec: SplitSpec
     var lastSaved = ContinuousClock.now
-    /// The directory map, read when first needed (and again after a step failed).
-    var directory: RangeMap?
 
     init(splitter: RangeSplitter, job: StoredJob, owner: String) throws {
         self.splitter = splitter
@@ -173,7 +172,11 @@ private struct SplitRun {
         do {
             job.modRevision = try await store.updateJob(job.record, expectedRevision: job.modRevision)
         } catch {
-            throw error.code == .conflict ? MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops") : error
+            // A write whose answer was lost is ours, landed: the record holds exactly what we wrote.
+            guard error.code == .conflict, let now = try await store.job(job.record.id), now.record == job.record else {
+                throw error.code == .conflict ? MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops") : error
+            }
+            job.modRevision = now.modRevision
         }
         lastSaved = ContinuousClock.now
         splitter.progress(job.record)
@@ -224,7 +227,6 @@ private struct SplitRun {
                     throw CancellationError()
                 } catch {
                     logger.warning("split step failed", metadata: ["job": "\(job.record.id)", "phase": "\(phase.rawValue)", "error": "\(error)"])
-                    directory = nil
                     action = machine.stepFailed("\(error)")
                 }
             }
@@ -277,10 +279,7 @@ private struct SplitRun {
 
         case .relabelChunk(let after):
             let limit = options.chunkSize
-            let directoryStep = try await directoryUpdater()
-            let (last, read) = try await onNode { c in
-                try await SplitSQL.relabelChunk(c, spec, after: after, limit: limit) { ids in try await directoryStep(ids) }
-            }
+            let (last, read) = try await onNode { try await SplitSQL.relabelChunk($0, spec, after: after, limit: limit) }
             job.record.rows.copied += Int64(read)
             let next = machine.chunkRelabeled(lastKey: last, more: read == limit)
             try await save(machine, force: machine.phase != .relabeling)
@@ -299,10 +298,9 @@ private struct SplitRun {
 
         case .pointChunk(let after):
             let limit = options.chunkSize
-            let directoryStep = try await directoryUpdater()
-            let (last, read) = try await onNode { c in
-                try await SplitSQL.pointChunk(c, spec, after: after, limit: limit) { ids in try await directoryStep(ids) }
-            }
+            let ids = try await onNode { try await SplitSQL.newRangeIDs($0, spec, after: after, limit: limit) }
+            if !ids.isEmpty { try await point(ids) }
+            let (last, read) = (ids.last, ids.count)
             let next = machine.chunkPointed(lastKey: last, more: read == limit)
             try await save(machine, force: machine.phase != .pointing)
             return next
@@ -341,25 +339,61 @@ private struct SplitRun {
         return shard
     }
 
-    /// For accounts splits: what points the directory entries of a chunk's accounts at the new
-    /// range (grouped by the directory node holding each entry). Nothing for directory splits.
-    mutating func directoryUpdater() async throws -> @Sendable ([Int64]) async throws -> Void {
-        guard spec.map == MetadataKeys.MapName.accounts.rawValue else { return { _ in } }
-        if directory == nil {
-            guard let stored = try await store.loadMap(.directory) else { throw MoveError(.conflict, "the directory map is gone") }
-            directory = stored.map
+    /// Points the directory entries of `ids` (accounts of the new range) at the new range. The
+    /// nodes are visited in the ledger's order (by node id), each in one transaction held until
+    /// all are done: on the range's node the accounts' rows are share-locked (still in the new
+    /// range: no transfer can change that meanwhile), on each directory node the entries' ranges
+    /// are fenced and the entries locked; then the entries of the confirmed accounts are updated.
+    /// Taking locks in the ledger's order keeps this from waiting in a cycle with a transfer.
+    func point(_ ids: [Int64]) async throws {
+        guard let directory = try await store.loadMap(.directory)?.map else { throw MoveError(.conflict, "the directory map is gone") }
+        var byNode: [String: [String: [Int64]]] = [:] // node → directory range → hashes
+        var idsByNode: [String: [Int64]] = [:]
+        for id in ids {
+            let hash = DirectoryHash.key(forAccount: id)
+            let range = try directory.range(for: hash)
+            byNode[range.node, default: [:]][range.id, default: []].append(hash)
+            idsByNode[range.node, default: []].append(id)
         }
-        let map = directory!, spec = self.spec, connections = splitter.connections
-        return { ids in
-            var byNode: [String: (ids: [Int64], ranges: Set<String>)] = [:]
-            for id in ids {
-                let range = try map.range(for: DirectoryHash.key(forAccount: id))
-                byNode[range.node, default: ([], [])].ids.append(id)
-                byNode[range.node, default: ([], [])].ranges.insert(range.id)
+        let order = Set(byNode.keys).union([spec.node]).sorted()
+        let spec = self.spec, connections = splitter.connections, hashes = byNode, members = idsByNode
+        let confirmed = Shared(Set<Int64>())
+        @Sendable func visit(_ i: Int, _ held: [String: MariaDBConnection]) async throws {
+            guard i < order.count else {
+                for (node, ids) in members {
+                    guard let c = held[node] else { continue }
+                    try await SplitSQL.pointEntries(c, spec, ids.filter { confirmed.value.contains($0) })
+                }
+                return
             }
-            for (node, part) in byNode.sorted(by: { $0.key < $1.key }) {
-                try await connections.withConnection(node) { try await SplitSQL.pointDirectory($0, spec, part.ids, directoryRanges: part.ranges) }
+            let node = order[i]
+            try await connections.withConnection(node) { c in
+                try await c.query("SET SESSION innodb_lock_wait_timeout = 5")
+                do {
+                    try await c.transaction { c in
+                        if node == spec.node { confirmed.value = try await SplitSQL.lockNewRangeRows(c, spec, ids) }
+                        if let ranges = hashes[node], let ids = members[node] { try await SplitSQL.lockEntries(c, ids, ranges: ranges) }
+                        var next = held
+                        next[node] = c
+                        try await visit(i + 1, next)
+                    }
+                } catch {
+                    _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+                    throw error
+                }
+                try await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
             }
         }
+        try await visit(0, [:])
+    }
+}
+
+/// A value shared between a step and the closures it runs.
+private final class Shared<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    var value: Value {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
     }
 }

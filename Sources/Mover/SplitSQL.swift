@@ -64,11 +64,10 @@ enum SplitSQL {
     }
 
     /// The old range's rows after `after` (by account id, at most `limit`), locked; those at or
-    /// above the split key are relabelled, and `alongside` runs with their ids before the
-    /// transaction commits (a directory update under the rows' locks). Returns the last account id
+    /// above the split key are relabelled. Their directory entries are pointed later (the ledger
+    /// takes an entry naming any range on the row's node meanwhile). Returns the last account id
     /// read and how many rows were read.
-    static func relabelChunk(_ c: MariaDBConnection, _ spec: SplitSpec, after: Int64?, limit: Int,
-                             alongside: ([Int64]) async throws -> Void) async throws -> (last: Int64?, read: Int) {
+    static func relabelChunk(_ c: MariaDBConnection, _ spec: SplitSpec, after: Int64?, limit: Int) async throws -> (last: Int64?, read: Int) {
         try await c.transaction { c in
             let cents = spec.map == "accounts" ? ", CAST(balance * 100 AS SIGNED) AS k" : ""
             let rows = try await c.execute("""
@@ -80,10 +79,7 @@ enum SplitSQL {
                 let id = try r.int64("account_id")
                 if spec.key(account: id, cents: spec.map == "accounts" ? try r.int64("k") : nil) >= spec.at { upper.append(id) }
             }
-            if !upper.isEmpty {
-                try await relabel(c, spec, upper)
-                try await alongside(upper)
-            }
+            try await relabel(c, spec, upper)
             return (try rows.last?.int64("account_id"), rows.count)
         }
     }
@@ -130,48 +126,44 @@ enum SplitSQL {
             return stragglers
         } catch {
             _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-            if let e = error as? MariaDBError, e.errorNumber == 1205 { throw NarrowTimeout() }
+            // A lock wait timeout, or a deadlock with a write that locked its rows before its fence.
+            if let e = error as? MariaDBError, e.errorNumber == 1205 || e.errorNumber == 1213 { throw NarrowTimeout() }
             throw error
         }
     }
 
-    /// The new range's account ids after `after` (by id, at most `limit`), locked until
-    /// `alongside` (the directory update) has run with them.
-    static func pointChunk(_ c: MariaDBConnection, _ spec: SplitSpec, after: Int64?, limit: Int,
-                           alongside: ([Int64]) async throws -> Void) async throws -> (last: Int64?, read: Int) {
-        try await c.transaction { c in
-            let ids = try await c.execute("""
-                SELECT account_id FROM account_info WHERE balance_range = ? AND account_id > ? ORDER BY account_id LIMIT \(limit) LOCK IN SHARE MODE
-                """, [.string(spec.newRange), .int(after ?? .min)]).rows.map { try $0.int64("account_id") }
-            if !ids.isEmpty { try await alongside(ids) }
-            return (ids.last, ids.count)
-        }
+    /// The new range's account ids after `after` (by id, at most `limit`), read without locks
+    /// (``lockNewRangeRows(_:_:_:)`` confirms them).
+    static func newRangeIDs(_ c: MariaDBConnection, _ spec: SplitSpec, after: Int64?, limit: Int) async throws -> [Int64] {
+        try await c.execute("SELECT account_id FROM account_info WHERE balance_range = ? AND account_id > ? ORDER BY account_id LIMIT \(limit)",
+                            [.string(spec.newRange), .int(after ?? .min)]).rows.map { try $0.int64("account_id") }
     }
 
-    /// On a directory node: the entries of `ids` that still name the old range name the new one,
-    /// under the share locks of their directory ranges' rows (which must be active: a directory
-    /// range in a move's switch makes the step fail and retry). Waits at most two seconds for row
-    /// locks: the caller holds the accounts' rows, and a transfer may hold these entries while it
-    /// waits for them.
-    static func pointDirectory(_ c: MariaDBConnection, _ spec: SplitSpec, _ ids: [Int64], directoryRanges: Set<String>) async throws {
-        try await c.query("SET SESSION innodb_lock_wait_timeout = 2")
-        do {
-            try await c.transaction { c in
-                let sorted = directoryRanges.sorted()
-                let rows = try await c.execute("SELECT range_id, state FROM range_ownership WHERE map_name = 'directory' AND range_id IN (\(MoveSQL.list(sorted.count))) LOCK IN SHARE MODE",
-                                               sorted.map { .string($0) }).rows
-                let active = Set(try rows.filter { try $0.string("state") == "active" }.map { try $0.string("range_id") })
-                guard active == Set(sorted) else {
-                    throw DirectoryBusy(ranges: Set(sorted).subtracting(active).sorted())
-                }
-                try await c.execute("UPDATE account_directory SET data_range = ? WHERE data_range = ? AND account_id IN (\(MoveSQL.list(ids.count)))",
-                                    [.string(spec.newRange), .string(spec.range)] + ids.map { .int($0) })
+    /// Of `ids`, those still in the new range, share-locked: no transfer changes their range
+    /// until the transaction ends.
+    static func lockNewRangeRows(_ c: MariaDBConnection, _ spec: SplitSpec, _ ids: [Int64]) async throws -> Set<Int64> {
+        Set(try await c.execute("SELECT account_id FROM account_info WHERE balance_range = ? AND account_id IN (\(MoveSQL.list(ids.count))) LOCK IN SHARE MODE",
+                                [.string(spec.newRange)] + ids.map { .int($0) }).rows.map { try $0.int64("account_id") })
+    }
+
+    /// On a directory node: fences the directory ranges holding `ids`' entries as a write does
+    /// (share lock on each range's ownership row, active, every hash inside its bounds; else
+    /// ``DirectoryBusy``: the map is behind or the range is moving) and locks the entries.
+    static func lockEntries(_ c: MariaDBConnection, _ ids: [Int64], ranges: [String: [Int64]]) async throws {
+        for (range, members) in ranges.sorted(by: { $0.key < $1.key }) {
+            guard let owned = try await MoveSQL.ownership(c, map: "directory", range: range, lock: " LOCK IN SHARE MODE"), owned.state == "active",
+                  members.allSatisfy({ h in h >= owned.lower && owned.upper.map { h < $0 } ?? true }) else {
+                throw DirectoryBusy(ranges: [range])
             }
-            try await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-        } catch {
-            _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-            throw error
         }
+        _ = try await c.execute("SELECT account_id FROM account_directory WHERE account_id IN (\(MoveSQL.list(ids.count))) FOR UPDATE", ids.map { .int($0) })
+    }
+
+    /// The entries of `ids` that name the old range name the new one.
+    static func pointEntries(_ c: MariaDBConnection, _ spec: SplitSpec, _ ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        try await c.execute("UPDATE account_directory SET data_range = ? WHERE data_range = ? AND account_id IN (\(MoveSQL.list(ids.count)))",
+                            [.string(spec.newRange), .string(spec.range)] + ids.map { .int($0) })
     }
 
     /// Directory ranges not active on the node they were looked for (in a move's switch): the step is retried.

@@ -201,6 +201,28 @@ struct RangeSplitTests {
         }
     }
 
+    @Test("while a split's directory entries still name the old range (stopped before pointing), accounts of the new range cross to the old one and to another node; the split then finishes")
+    func crossingBeforePointing() async throws {
+        try await withMoveFixture { f in
+            let accounts = try await openAccounts(f.bank, count: 40, prefix: "p")
+            let before = try await f.verify()
+            let stopped = f.splitter { options in options.beforeStep = { if $0 == .pointing { throw MoverKilled() } } }
+            let job = try await stopped.create(map: .accounts, range: "a1", at: 600_000)
+            await #expect(throws: MoverKilled.self) { _ = try await stopped.run(job.record.id) }
+            let high = accounts.filter { $0.balance.minorUnits >= 700_000 }
+            let low = try #require(accounts.first { $0.balance.minorUnits < 100_000 })
+            try #require(high.count >= 2)
+            // Down into a1 on the same node (row and entry relabelled together), and up into a2 on node2.
+            _ = try await f.bank.transfer(from: high[0].id, to: low.id, amount: Money(minorUnits: high[0].balance.minorUnits - 100_000), idempotencyKey: "down")
+            _ = try await f.bank.transfer(from: low.id, to: high[1].id, amount: money("1000.00"), idempotencyKey: "up")
+            #expect(try await f.bank.account(high[0].id).range == "a1")
+            #expect(try await f.bank.account(high[1].id).node == "node2")
+            #expect(try await f.splitter().run(job.record.id).phase == "done")
+            let after = try await f.verify()
+            #expect(after.clean && after.balances == before.balances, "\(after.summary)")
+        }
+    }
+
     @Test("a split stopped before the map names the new range is cancelled: the range is whole again; after that, cancel is refused")
     func cancelled() async throws {
         try await withMoveFixture { f in
