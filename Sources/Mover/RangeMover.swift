@@ -65,7 +65,7 @@ public struct RangeMover: Sendable {
     /// nothing is written on the nodes yet. Refuses, naming what is known: an unknown range or
     /// node, a node that is not active or has no connection here, the owner itself, a range already
     /// in a job.
-    public func create(map name: MetadataKeys.MapName, range: String, to target: String, runBy: String? = nil) async throws -> StoredJob {
+    public func create(map name: MetadataKeys.MapName, range: String, to target: String, runBy: String? = nil, parent: String? = nil) async throws -> StoredJob {
         guard name == .accounts else {
             throw MoveError(.invalid, "moving \(name.rawValue) ranges is not built yet: only accounts ranges move (directory ranges stay where `ctl init` put them)")
         }
@@ -92,6 +92,7 @@ public struct RangeMover: Sendable {
                                phase: MovePhase.prepared.rawValue)
         record.sourceEpochBefore = source.epoch
         record.runBy = runBy
+        record.parent = parent
         var created: StoredJob
         do {
             created = try await store.createJob(record)

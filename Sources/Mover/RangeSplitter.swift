@@ -50,7 +50,7 @@ public struct RangeSplitter: Sendable {
     /// range's id; nothing is written on the node yet. Refuses, naming what is known: an unknown
     /// range, a key outside the range or on its bound, an empty range, a median on the lower bound,
     /// a range already in a job.
-    public func create(map name: MetadataKeys.MapName, range: String, at: Int64?, runBy: String? = nil) async throws -> StoredJob {
+    public func create(map name: MetadataKeys.MapName, range: String, at: Int64?, runBy: String? = nil, parent: String? = nil) async throws -> StoredJob {
         guard let stored = try await store.loadMap(name) else {
             throw MoveError(.invalid, "the cluster is not initialised: run `shardbank ctl init` first")
         }
@@ -95,6 +95,7 @@ public struct RangeSplitter: Sendable {
         record.newRange = newRange
         record.splitAt = key
         record.runBy = runBy
+        record.parent = parent
         record.rows.total = rows
         do {
             return try await store.createJob(record)

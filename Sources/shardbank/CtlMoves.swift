@@ -115,6 +115,62 @@ extension Ctl {
         }
     }
 
+    /// `ctl rebalance`: splits and moves until every active node holds its share of the accounts.
+    struct Rebalance: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Split and move accounts ranges until every active node holds about as many accounts as the others.",
+            discussion: """
+                Counts the rows of every accounts range on its node, then plans: ranges of a draining \
+                node move to the least-loaded node, ranges over --max-range-rows split at their median, \
+                and while a node is more than --tolerance percent from the mean, the range that brings \
+                the heaviest and the lightest node closest moves (split first when each is too big). \
+                It does the plan's first step, counts again and plans again, until nothing is left to \
+                do. Each step is an ordinary split or move job (`ctl jobs` lists them with the \
+                rebalance as parent); a step that does not finish stops the rebalance, naming its job. \
+                A range whose rows all hold one balance cannot be split: the plan says so. \
+                --dry-run prints the plan and changes nothing. Exit 0 when balanced (or nothing more \
+                can be done, said), 1 when a step failed.
+                """)
+
+        @OptionGroup var options: ConfigOptions
+        @Flag(help: "Print the plan and the rows per node; change nothing.") var dryRun = false
+        @Option(help: ArgumentHelp("Allowed distance of each node's rows from the mean, in percent.", valueName: "percent")) var tolerance = 10
+        @Option(help: ArgumentHelp("Ranges with more rows than this are split first.", valueName: "rows")) var maxRangeRows = 50_000
+
+        func validate() throws {
+            guard (1...100).contains(tolerance) else { throw ValidationError("--tolerance must be between 1 and 100 (percent)") }
+            guard maxRangeRows >= 2 else { throw ValidationError("--max-range-rows must be at least 2") }
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                try await withRunners(options) { runners in
+                    let configuration = try await options.load()
+                    let rebalancer = Rebalancer(mover: runners.mover, splitter: runners.splitter, logger: makeLogger(configuration.logLevel))
+                    var settings = Rebalancer.Options()
+                    settings.tolerance = tolerance
+                    settings.maxRangeRows = maxRangeRows
+                    if dryRun {
+                        let (plan, rows) = try await rebalancer.plan(settings)
+                        print("rows per node now: " + rows.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+                        if plan.steps.isEmpty { print("nothing to do: every active node is within \(tolerance) % of the mean") }
+                        for (i, step) in plan.steps.enumerated() { print("\(i + 1). \(step)") }
+                        if !plan.steps.isEmpty {
+                            print("rows per node after (estimated): " + plan.projected.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+                        }
+                        for note in plan.notes { print("note: \(note)") }
+                        return
+                    }
+                    let outcome = try await rebalancer.run(settings) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+                    let rows = outcome.rows.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+                    for note in outcome.notes { print("note: \(note)") }
+                    guard outcome.job.phase == "done" else { throw CLIError("rebalance \(outcome.job.id) stopped: \(outcome.job.error ?? "")") }
+                    print("rebalance \(outcome.job.id): done in \(outcome.steps.count) step(s); rows per node: \(rows)")
+                }
+            }
+        }
+    }
+
     /// `ctl add-node`: a new storage node joins the running cluster.
     struct AddNode: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -1,0 +1,164 @@
+import ClusterMetadata
+import Foundation
+import Ledger
+import Logging
+import MariaDB
+import Moves
+import Sharding
+
+/// Runs `ctl rebalance`: plans from the rows each range holds now (``RebalancePlanner``), does the
+/// plan's first step (a split at the median, or a move), and plans again from fresh counts, until
+/// the plan is empty. Each step is an ordinary split or move job whose `parent` is the rebalance's
+/// own job record, so `ctl jobs` shows the whole and a step whose runner died is resumed like any.
+public struct Rebalancer: Sendable {
+    public struct Options: Sendable {
+        /// Allowed distance of each active node's rows from the mean, in percent.
+        public var tolerance = 10
+        /// Ranges with more rows are split first.
+        public var maxRangeRows = 50_000
+        /// Steps after which the rebalance stops even if the plan is not empty (a plan that keeps
+        /// changing under load must not run forever).
+        public var maxSteps = 50
+        public init() {}
+    }
+
+    /// What the rebalance did.
+    public struct Outcome: Sendable {
+        public var job: JobRecord
+        /// Each step and the job that did it.
+        public var steps: [(step: RebalancePlanner.Step, job: JobRecord)]
+        /// What the last plan could not do.
+        public var notes: [String]
+        /// Rows per active node at the end.
+        public var rows: [String: Int]
+    }
+
+    let mover: RangeMover
+    let splitter: RangeSplitter
+    let connections: NodeConnections
+    let logger: Logger
+
+    /// Steps run with `mover` and `splitter`; rows are counted over the mover's connections.
+    public init(mover: RangeMover, splitter: RangeSplitter, logger: Logger) {
+        self.mover = mover
+        self.splitter = splitter
+        self.connections = mover.connections
+        self.logger = logger
+    }
+
+    var store: MetadataStore { mover.store }
+
+    /// Rows per accounts range where its node holds it active (a move's copies elsewhere are not
+    /// counted), and the ranges whose rows all hold one balance (no split can divide them).
+    func counts() async throws -> (map: RangeMap, rows: [String: Int], single: Set<String>) {
+        guard let stored = try await store.loadMap(.accounts) else {
+            throw MoveError(.invalid, "the cluster is not initialised: run `shardbank ctl init` first")
+        }
+        var rows: [String: Int] = [:]
+        var single: Set<String> = []
+        for node in Set(stored.map.ranges.map(\.node)).sorted() {
+            guard connections.nodes.contains(node) else {
+                throw MoveError(.invalid, "no connection to \(node) here: its credentials are missing from the configuration (nodes.<id>)")
+            }
+            let counted = try await connections.withConnection(node) { c in
+                try await c.execute("""
+                    SELECT a.balance_range AS r, COUNT(*) AS n, COUNT(DISTINCT a.balance) AS d FROM account_info a
+                    JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range AND o.state = 'active'
+                    GROUP BY a.balance_range
+                    """).rows.map { (try $0.string("r"), Int(try $0.int64("n")), try $0.int64("d")) }
+            }
+            for (range, n, distinct) in counted where stored.map.range(id: range)?.node == node {
+                rows[range] = n
+                if distinct < 2 { single.insert(range) }
+            }
+        }
+        return (stored.map, rows, single)
+    }
+
+    /// The plan for the accounts map as the nodes are now (nothing is written), and the rows per
+    /// node now.
+    public func plan(_ options: Options, unsplittable: Set<String> = []) async throws -> (plan: RebalancePlanner.Plan, rows: [String: Int]) {
+        let (map, rows, single) = try await counts()
+        let nodes = try await store.nodes()
+        let receivers = nodes.filter { $0.state == .active && connections.nodes.contains($0.id) }.map(\.id).sorted()
+        let draining = Set(nodes.filter { $0.state == .draining }.map(\.id))
+        var perNode: [String: Int] = [:]
+        for node in receivers { perNode[node] = 0 }
+        for range in map.ranges { perNode[range.node, default: 0] += rows[range.id] ?? 0 }
+        let plan = RebalancePlanner().plan(.init(map: map, rows: rows, receivers: receivers, draining: draining,
+                                                 tolerance: options.tolerance, maxRangeRows: options.maxRangeRows, unsplittable: single.union(unsplittable)))
+        return (plan, perNode)
+    }
+
+    /// Plans and does one step at a time until the plan is empty (or `maxSteps`). A step that does
+    /// not finish stops the rebalance, naming its job (resume or cancel it, then rebalance again).
+    /// Refused while another rebalance's runner is alive; one whose runner died is marked
+    /// cancelled (its steps are ordinary jobs: a step it left is resumed or cancelled as such).
+    public func run(_ options: Options, told: @escaping @Sendable (String) -> Void = { _ in }) async throws -> Outcome {
+        for other in try await store.jobs() where other.record.kind == .rebalance && !other.record.finished {
+            if let owner = try await store.jobOwner(other.record.id) {
+                throw MoveError(.conflict, "rebalance job \(other.record.id) is running (\(owner)); wait for it")
+            }
+            var ended = other.record
+            ended.phase = "cancelled"
+            ended.error = "its runner died; a later rebalance plans anew"
+            ended.updatedAt = Date()
+            _ = try? await store.updateJob(ended, expectedRevision: other.modRevision)
+        }
+        let created = try await store.createJob(JobRecord(id: JobRecord.newID(), kind: .rebalance, phase: "running"))
+        let ownership = JobOwnership(store: store, id: created.record.id, leaseTTL: mover.options.leaseTTL, claimWait: .zero)
+        return try await ownership.run { _ in try await self.steps(created, options, told: told) }
+    }
+
+    private func steps(_ created: StoredJob, _ options: Options, told: @escaping @Sendable (String) -> Void) async throws -> Outcome {
+        var stored = created
+        var steps: [(step: RebalancePlanner.Step, job: JobRecord)] = []
+        var unsplittable: Set<String> = []
+        var notes: [String] = []
+        func end(_ phase: String, error: String?) async throws {
+            stored.record.phase = phase
+            stored.record.error = error
+            stored.record.updatedAt = Date()
+            stored.modRevision = try await store.updateJob(stored.record, expectedRevision: stored.modRevision)
+        }
+        do {
+            while steps.count < options.maxSteps {
+                let (current, _) = try await plan(options, unsplittable: unsplittable)
+                notes = current.notes
+                guard let step = current.steps.first else { break }
+                told("step \(steps.count + 1): \(step) (\(current.steps.count - 1) more planned)")
+                let child: JobRecord
+                switch step {
+                case .split(let range, _, _):
+                    let job: StoredJob
+                    do {
+                        job = try await splitter.create(map: .accounts, range: range, at: nil, parent: stored.record.id)
+                    } catch let error as MoveError where error.code == .invalid {
+                        // A median on the lower bound: the range cannot be halved by rows.
+                        told("  \(range) cannot be split: \(error.message)")
+                        unsplittable.insert(range)
+                        continue
+                    }
+                    child = try await splitter.run(job.record.id)
+                case .move(let range, _, let to, _):
+                    child = try await mover.run(try await mover.create(map: .accounts, range: range, to: to, parent: stored.record.id).record.id)
+                }
+                steps.append((step, child))
+                stored.record.rows.copied = Int64(steps.count)
+                stored.record.updatedAt = Date()
+                stored.modRevision = try await store.updateJob(stored.record, expectedRevision: stored.modRevision)
+                guard child.phase == "done" else {
+                    let reason = "step \(steps.count) (\(step)) ended \(child.phase) in job \(child.id): \(child.error ?? "no reason recorded"); resume or cancel it, then rebalance again"
+                    try await end("cancelled", error: reason)
+                    return Outcome(job: stored.record, steps: steps, notes: notes, rows: try await plan(options).rows)
+                }
+            }
+            if steps.count >= options.maxSteps { notes.append("stopped after \(options.maxSteps) steps; rebalance again to go on") }
+            try await end("done", error: nil)
+        } catch {
+            try? await end("cancelled", error: "\(error)")
+            throw error
+        }
+        return Outcome(job: stored.record, steps: steps, notes: notes, rows: try await plan(options).rows)
+    }
+}
