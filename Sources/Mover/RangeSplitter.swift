@@ -288,10 +288,12 @@ private struct SplitRun {
 
         case .narrow:
             do {
-                let stragglers = try await onNode { try await SplitSQL.narrow($0, spec) }
-                if !stragglers.isEmpty {
-                    logger.info("split narrowed", metadata: ["job": "\(job.record.id)", "stragglers": "\(stragglers.count)"])
-                }
+                let narrowed = try await onNode { try await SplitSQL.narrow($0, spec) }
+                // The split's pause: writes to the old range wait while the narrowing holds its row.
+                job.record.freeze.lockWaitMs = narrowed.lockWait.wholeMilliseconds
+                job.record.freeze.windowMs = narrowed.held.wholeMilliseconds
+                logger.info("split narrowed", metadata: ["job": "\(job.record.id)", "stragglers": "\(narrowed.stragglers.count)",
+                                                         "held_ms": "\(narrowed.held.wholeMilliseconds)"])
             } catch is SplitSQL.NarrowTimeout {
                 return machine.narrowTimedOut()
             }

@@ -1,5 +1,6 @@
 import MariaDB
 import Sharding
+import Synchronization
 
 /// What a split divides: range `range` of `map` on `node`, `[lower, upper)`, at `at`.
 struct SplitSpec: Sendable, Hashable {
@@ -97,12 +98,17 @@ enum SplitSQL {
     /// In one transaction under the old row's exclusive lock (waiting at most a second for the
     /// writes holding its share lock: ``NarrowTimeout``): the rows written under the old range at
     /// or above the key since the relabel passed are relabelled, and the old row narrowed to
-    /// `[lower, at)`. Returns the relabelled stragglers' account ids.
-    static func narrow(_ c: MariaDBConnection, _ spec: SplitSpec) async throws -> [Int64] {
+    /// `[lower, at)`. Returns the relabelled stragglers' account ids, how long the lock was waited
+    /// for, and how long the transaction held it (writes to the old range wait that long).
+    static func narrow(_ c: MariaDBConnection, _ spec: SplitSpec) async throws -> (stragglers: [Int64], lockWait: Duration, held: Duration) {
         try await c.query("SET SESSION innodb_lock_wait_timeout = 1")
         do {
+            let started = ContinuousClock.now
+            let locked = Mutex<ContinuousClock.Instant?>(nil)
             let stragglers = try await c.transaction { c -> [Int64] in
-                guard let old = try await MoveSQL.ownership(c, map: spec.map, range: spec.range, lock: " FOR UPDATE") else {
+                let row = try await MoveSQL.ownership(c, map: spec.map, range: spec.range, lock: " FOR UPDATE")
+                locked.withLock { $0 = .now }
+                guard let old = row else {
                     throw MoveError(.conflict, "\(spec.node) has no ownership row for \(spec.range)")
                 }
                 if old.upper == spec.at { return [] } // narrowed already (an earlier runner's answer was lost)
@@ -122,8 +128,10 @@ enum SplitSQL {
                                     [.int(spec.at), .string(spec.map), .string(spec.range)])
                 return ids
             }
+            let ended = ContinuousClock.now
             try await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-            return stragglers
+            let at = locked.withLock { $0 } ?? ended
+            return (stragglers, at - started, ended - at)
         } catch {
             _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
             // A lock wait timeout, or a deadlock with a write that locked its rows before its fence.

@@ -44,9 +44,15 @@ public struct RebalancePlanner: Sendable {
 
         public var description: String {
             switch self {
-            case .split(let range, let rows, _): return "split \(range) (\(rows) rows) at its median"
-            case .move(let range, let from, let to, let rows): return "move \(range) (\(rows) rows) \(from) → \(to)"
+            case .split(let range, let rows, _): return "split \(Self.name(range)) (\(rows) rows) at its median"
+            case .move(let range, let from, let to, let rows): return "move \(Self.name(range)) (\(rows) rows) \(from) → \(to)"
             }
+        }
+
+        /// A range a split earlier in the plan makes has no id yet (`a1+`): it is named by its origin.
+        static func name(_ range: String) -> String {
+            guard range.hasSuffix("+") else { return range }
+            return "the upper half of \(name(String(range.dropLast())))"
         }
     }
 

@@ -295,7 +295,8 @@ private func finish(_ record: JobRecord, json: Bool) throws {
         let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
         let at = record.splitAt.map { record.map == "accounts" ? Money(minorUnits: $0).description : String($0) } ?? "?"
         if !json {
-            print("job \(record.id): done in \(seconds) s — \(record.range ?? "") split at \(at) on \(record.from ?? ""): \(record.newRange ?? "") holds [\(at), …), \(record.rows.copied) rows looked at")
+            print("job \(record.id): done in \(seconds) s — \(record.range ?? "") split at \(at) on \(record.from ?? ""): \(record.newRange ?? "") holds [\(at), …), \(record.rows.copied) rows looked at"
+                  + ", narrowing lock wait \(record.freeze.lockWaitMs.map(String.init) ?? "?") ms, held \(record.freeze.windowMs.map(String.init) ?? "?") ms")
         }
     case MovePhase.done.rawValue:
         let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())

@@ -4,7 +4,7 @@
 # moves onto it and the same `serve` process answers for a2's accounts from node4. Refused: a
 # registered id, a registered node's address, an unreachable address.
 source "$(dirname "$0")/lib.sh"
-plan 7
+plan 10
 cluster_up --spare 1
 
 spare_port=$(cluster_json "[n['port'] for n in d['nodes'] if n['id'] == 'node4'][0]")
@@ -28,3 +28,18 @@ code=$(post /v1/accounts '{"customer_name":"On node4","balance":"20000.00"}' "op
 [ "$code" = 201 ] && grep -Eq '"node" *: *"node4"' "$BODY" && kill -0 "$serve_pid" \
   && ok "the same serve (pid $serve_pid) opens an a2 account on node4" || bad "an account on node4: $code" "$(cat "$BODY")"
 out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean with node4: $(tail -1 <<<"$out")" || bad "ctl verify" "$out"
+
+# Rebalance: most accounts on node1 (30 new ones in a1); the plan splits and moves until every node
+# is within 30 % of the mean (or says why not).
+for i in $(seq 1 30); do post /v1/accounts "{\"customer_name\":\"Rebalance $i\",\"balance\":\"$i.00\"}" "rebalance-open-$i-$$" >/dev/null; done
+sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \([0-9.]*\) = .*/\1/p'; }
+before=$(sigma)
+maps_before=$("$bin" ctl status --config "$config" --json | json "[r['id'] for m in d['maps'] for r in m['ranges']]")
+out=$("$bin" ctl rebalance --dry-run --tolerance 30 --max-range-rows 1000 --config "$config" 2>&1)
+grep -q "rows per node now" <<<"$out" && grep -Eq "^1\. (split|move)" <<<"$out" \
+  && [ "$("$bin" ctl status --config "$config" --json | json "[r['id'] for m in d['maps'] for r in m['ranges']]")" = "$maps_before" ] \
+  && ok "ctl rebalance --dry-run prints a plan and changes nothing: $(grep -E '^[0-9]+\.' <<<"$out" | head -3 | tr '\n' ' ')" || bad "rebalance --dry-run" "$out"
+out=$("$bin" ctl rebalance --tolerance 30 --max-range-rows 1000 --config "$config" 2>&1) && grep -q "done in" <<<"$out" \
+  && ok "ctl rebalance: $(grep '^rebalance' <<<"$out" | cut -c1-160)" || bad "ctl rebalance" "$out"
+out=$("$bin" ctl verify --config "$config" 2>&1) && [ "$(sigma)" = "$before" ] \
+  && ok "ctl verify clean after the rebalance, Σ balances unchanged ($before)" || bad "verify after the rebalance" "$out"
