@@ -9,7 +9,8 @@
 # command, account set-up included) per operation. Then, when the AFTER cluster has capture triggers on
 # account_info, they are dropped on every node and the same-node run repeated: what the rest costs.
 # AFTER_SQL=FILE: SQL run as root on every node of the AFTER cluster before the rounds (e.g. a variant
-# of the triggers, to measure it).
+# of the triggers, to measure it); BEFORE_SQL=FILE the same on the BEFORE cluster (e.g. one binary
+# for both, BEFORE without an index: bench/time-index-none.sql).
 set -euo pipefail
 before=$1 after=$2 duration=${3:-15} rounds=${4:-3}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,15 +18,17 @@ dir_before="/tmp/shardbank-capture-before-$$" dir_after="/tmp/shardbank-capture-
 trap '"$before" demo down --dir "$dir_before" >/dev/null 2>&1 || true; "$after" demo down --dir "$dir_after" >/dev/null 2>&1 || true' EXIT
 "$before" demo up --dir "$dir_before" --etcd 1 >/dev/null 2>&1
 "$after" demo up --dir "$dir_after" --etcd 1 >/dev/null 2>&1
-for_each_after_node() { # SQL on stdin, as root over each node's socket
-  local sql; sql=$(cat)
-  python3 - "$dir_after" "$sql" <<'EOF'
+for_each_node() { # DIR, SQL on stdin: as root over each node's socket
+  local dir=$1 sql; sql=$(cat)
+  python3 - "$dir" "$sql" <<'EOF'
 import json, subprocess, sys
 for n in json.load(open(sys.argv[1] + "/cluster.json"))["nodes"]:
     subprocess.run(["mariadb", "-S", n["socket"], "-uroot", n["database"]], input=sys.argv[2].encode(), check=True)
 EOF
 }
+for_each_after_node() { for_each_node "$dir_after"; }
 if [ -n "${AFTER_SQL:-}" ]; then for_each_after_node < "$AFTER_SQL"; echo "AFTER cluster: applied $AFTER_SQL"; fi
+if [ -n "${BEFORE_SQL:-}" ]; then for_each_node "$dir_before" < "$BEFORE_SQL"; echo "BEFORE cluster: applied $BEFORE_SQL"; fi
 field() { python3 -c "import json,sys; c=json.load(open('$1/cluster.json')); n=[x for x in c['nodes'] if x['id']=='node1'][0]; print(n['$2'])"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(mariadbd --version | grep -oE 'Ver [^ ]+')"

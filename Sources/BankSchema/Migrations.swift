@@ -157,6 +157,14 @@ public enum BankSchema {
               ADD KEY IF NOT EXISTS by_home (home_account)
             """,
         ]),
+        // A move compares, while its range is frozen, the history made since the comparison before
+        // the freeze: these indexes let it read only the last seconds' postings and decisions
+        // instead of every posting of the range's accounts (which made the freeze grow with the
+        // journal). Their cost on the hot path is in docs/BENCHMARKS.md ("Range moves under load").
+        Migration(version: 5, name: "history by time, for a move's freeze", statements: [
+            "ALTER TABLE journal ADD KEY IF NOT EXISTS by_time (created_at)",
+            "ALTER TABLE transfers ADD KEY IF NOT EXISTS by_time (created_at)",
+        ]),
     ]
 
     /// The capture triggers on `account_info` and `account_directory`, installed by a mover on its

@@ -300,7 +300,9 @@ private struct SplitRun {
             return machine.narrowed()
 
         case .pointChunk(let after):
-            let limit = options.chunkSize
+            // Smaller than a relabel chunk: the accounts' rows stay share-locked while every
+            // directory node is visited.
+            let limit = min(options.chunkSize, 250)
             let ids = try await onNode { try await SplitSQL.newRangeIDs($0, spec, after: after, limit: limit) }
             if !ids.isEmpty { try await point(ids) }
             let (last, read) = (ids.last, ids.count)
@@ -384,7 +386,8 @@ private struct SplitRun {
                     _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
                     throw error
                 }
-                try await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+                // Committed: a failed reset must not fail the step (the pool drops a broken connection).
+                _ = try? await c.query("SET SESSION innodb_lock_wait_timeout = DEFAULT")
             }
         }
         try await visit(0, [:])

@@ -95,9 +95,18 @@ public struct Rebalancer: Sendable {
     /// Refused while another rebalance's runner is alive; one whose runner died is marked
     /// cancelled (its steps are ordinary jobs: a step it left is resumed or cancelled as such).
     public func run(_ options: Options, told: @escaping @Sendable (String) -> Void = { _ in }) async throws -> Outcome {
-        for other in try await store.jobs() where other.record.kind == .rebalance && !other.record.finished {
+        let jobs = try await store.jobs()
+        for other in jobs where other.record.kind == .rebalance && !other.record.finished {
             if let owner = try await store.jobOwner(other.record.id) {
                 throw MoveError(.conflict, "rebalance job \(other.record.id) is running (\(owner)); wait for it")
+            }
+            // Just created, its runner not yet holding it: that rebalance is starting.
+            guard Date().timeIntervalSince(other.record.updatedAt) > 10 else {
+                throw MoveError(.conflict, "rebalance job \(other.record.id) is starting; wait for it")
+            }
+            // Its runner died. A step it left unfinished holds its ranges: the operator decides.
+            if let step = jobs.first(where: { $0.record.parent == other.record.id && !$0.record.finished }) {
+                throw MoveError(.conflict, "rebalance job \(other.record.id) died with its step \(step.record.id) (\(step.record.kind.rawValue) of \(step.record.range ?? "?"), \(step.record.phase)) unfinished: `shardbank ctl jobs resume \(step.record.id)` or `cancel` it, then rebalance again")
             }
             var ended = other.record
             ended.phase = "cancelled"
@@ -105,7 +114,13 @@ public struct Rebalancer: Sendable {
             ended.updatedAt = Date()
             _ = try? await store.updateJob(ended, expectedRevision: other.modRevision)
         }
-        let created = try await store.createJob(JobRecord(id: JobRecord.newID(), kind: .rebalance, phase: "running"))
+        // The record holds a lock of the whole map (`accounts/*`), taken in the transaction that
+        // creates it and released when it ends: two rebalances starting at once cannot both run.
+        var record = JobRecord(id: JobRecord.newID(), kind: .rebalance, phase: "running")
+        record.map = MetadataKeys.MapName.accounts.rawValue
+        record.range = "*"
+        let created: StoredJob
+        do { created = try await store.createJob(record) } catch { throw RangeMover.refusal(error) }
         let ownership = JobOwnership(store: store, id: created.record.id, leaseTTL: mover.options.leaseTTL, claimWait: .zero)
         return try await ownership.run { _ in try await self.steps(created, options, told: told) }
     }
@@ -133,7 +148,7 @@ public struct Rebalancer: Sendable {
                     let job: StoredJob
                     do {
                         job = try await splitter.create(map: .accounts, range: range, at: nil, parent: stored.record.id)
-                    } catch let error as MoveError where error.code == .invalid {
+                    } catch let error as MoveError where error.code == .invalid && (error.message.contains("cannot divide") || error.message.contains("holds no rows")) {
                         // A median on the lower bound: the range cannot be halved by rows.
                         told("  \(range) cannot be split: \(error.message)")
                         unsplittable.insert(range)
@@ -154,11 +169,12 @@ public struct Rebalancer: Sendable {
                 }
             }
             if steps.count >= options.maxSteps { notes.append("stopped after \(options.maxSteps) steps; rebalance again to go on") }
+            let rows = try await plan(options).rows
             try await end("done", error: nil)
+            return Outcome(job: stored.record, steps: steps, notes: notes, rows: rows)
         } catch {
             try? await end("cancelled", error: "\(error)")
             throw error
         }
-        return Outcome(job: stored.record, steps: steps, notes: notes, rows: try await plan(options).rows)
     }
 }

@@ -150,8 +150,9 @@ enum SplitSQL {
     /// Of `ids`, those still in the new range, share-locked: no transfer changes their range
     /// until the transaction ends.
     static func lockNewRangeRows(_ c: MariaDBConnection, _ spec: SplitSpec, _ ids: [Int64]) async throws -> Set<Int64> {
-        Set(try await c.execute("SELECT account_id FROM account_info WHERE balance_range = ? AND account_id IN (\(MoveSQL.list(ids.count))) LOCK IN SHARE MODE",
-                                [.string(spec.newRange)] + ids.map { .int($0) }).rows.map { try $0.int64("account_id") })
+        // By primary key: only these rows are locked (a range scan would lock its gaps too).
+        Set(try await c.execute("SELECT account_id FROM account_info FORCE INDEX (PRIMARY) WHERE account_id IN (\(MoveSQL.list(ids.count))) AND balance_range = ? LOCK IN SHARE MODE",
+                                ids.map { .int($0) } + [.string(spec.newRange)]).rows.map { try $0.int64("account_id") })
     }
 
     /// On a directory node: fences the directory ranges holding `ids`' entries as a write does

@@ -74,12 +74,12 @@ private func expectLockWaitTimeout(_ what: Comment, _ body: () async throws -> V
 
 @Suite("Schema v4: writes to a range with capture on are logged for a mover", .serialized)
 struct RangeCaptureTests {
-    @Test("a fresh node migrates to v4 (no trigger: a mover installs them); running it again, or again after a crash before the version row, changes nothing; the triggers install and go")
+    @Test("a fresh node migrates to v5 (no trigger: a mover installs them; v5's time indexes); running it again, or again after a crash before the version row, changes nothing; the triggers install and go")
     func migrateTwice() async throws {
         try await withCluster(nodes: 1, etcd: 1) { cluster in
             try await withSession(cluster, "node1") { c in
-                #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4])
-                #expect(try await BankSchema.currentVersion(c) == 4)
+                #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5])
+                #expect(try await BankSchema.currentVersion(c) == 5)
 
                 func schema() async throws -> [String] {
                     var lines: [String] = []
@@ -95,7 +95,7 @@ struct RangeCaptureTests {
                     for r in try await c.query("""
                         SELECT table_name AS t, index_name AS i, GROUP_CONCAT(column_name ORDER BY seq_in_index) AS cols
                         FROM information_schema.statistics WHERE table_schema = DATABASE()
-                          AND table_name IN ('range_changes', 'transfers', 'account_info') GROUP BY table_name, index_name ORDER BY table_name, index_name
+                          AND table_name IN ('range_changes', 'transfers', 'account_info', 'journal') GROUP BY table_name, index_name ORDER BY table_name, index_name
                         """).rows {
                         lines.append("index \(try r.string("t")).\(try r.string("i")) (\(try r.string("cols")))")
                     }
@@ -119,6 +119,8 @@ struct RangeCaptureTests {
                     "index range_changes.PRIMARY (seq)",
                     "index range_changes.by_range (map_name,range_id,seq)",
                     "index transfers.by_home (home_account)",
+                    "index transfers.by_time (created_at)",
+                    "index journal.by_time (created_at)",
                 ] {
                     #expect(v4.contains(expected), "missing: \(expected)\nschema:\n\(v4.joined(separator: "\n"))")
                 }
@@ -442,7 +444,7 @@ struct RangeCaptureTests {
     private func migrateWithBinaryLog(_ cluster: LocalCluster, root rootSession: MariaDBConnection) async throws {
         #expect(try await rootSession.query("SELECT @@log_bin AS b, @@log_bin_trust_function_creators AS t").rows.first.map { "\(try $0.int64("b"))\(try $0.int64("t"))" } == "10")
         try await withSession(cluster, "node1") { c in
-            #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4])
+            #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5])
             do {
                 try await BankSchema.installCaptureTriggers(c)
                 Issue.record("the bank user created triggers on a server with a binary log and without trust")
