@@ -9,17 +9,12 @@
 # Usage: bench/move-pause.sh [ROWS] [MOVES] [GRACE]   (defaults 50000, 10, and 5 s of --decision-grace)
 set -euo pipefail
 rows=${1:-50000} moves=${2:-10} grace=${3:-5}
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH=/opt/swift/usr/bin:$PATH
-swift build -c release --product shardbank >/dev/null
-bin=$(swift build -c release --show-bin-path)/shardbank
-dir=/tmp/shardbank-move-pause-$$
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+start_cluster --etcd 1
 out=$dir.out
 mkdir -p "$out"
-trap '"$bin" demo down --dir "$dir" >/dev/null 2>&1 || true' EXIT
-"$bin" demo up --dir "$dir" --etcd 1 >/dev/null
 config=$dir/shardbank.json
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves $moves, decision grace $grace s"
+echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves $moves, decision grace $grace s"
 # Long enough for the moves (a guess per move); the moves that outlast it run without load (reported).
 duration=$((60 + moves * (20 + rows / 2000)))
 "$bin" bench --config "$config" --http --clients 16 --cross-node 0.5 --accounts-per-node "$rows" --only-node node1,node2 \

@@ -9,17 +9,12 @@
 # Usage: bench/split-pause.sh [ROWS] [SPLITS]   (defaults 50000, 5)
 set -euo pipefail
 rows=${1:-50000} splits=${2:-5}
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH=/opt/swift/usr/bin:$PATH
-swift build -c release --product shardbank >/dev/null
-bin=$(swift build -c release --show-bin-path)/shardbank
-dir=/tmp/shardbank-split-pause-$$
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+start_cluster --etcd 1
 out=$dir.out
 mkdir -p "$out"
-trap '"$bin" demo down --dir "$dir" >/dev/null 2>&1 || true' EXIT
-"$bin" demo up --dir "$dir" --etcd 1 >/dev/null
 config=$dir/shardbank.json
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, splits $splits"
+echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, splits $splits"
 duration=$((60 + splits * 15))
 "$bin" bench --config "$config" --http --clients 16 --cross-node 0.5 --accounts-per-node "$rows" --only-node node1,node2 \
   --duration "$duration" --timeline "$out/timeline.jsonl" >"$out/bench.log" 2>&1 &

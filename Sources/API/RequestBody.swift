@@ -59,6 +59,15 @@ struct RequestBody {
         }
     }
 
+    /// A JSON boolean, or nil when absent.
+    func bool(_ name: String) throws -> Bool? {
+        switch fields[name] {
+        case nil, .null: return nil
+        case .bool(let b): return b
+        default: throw APIError(.unprocessableContent, "invalid_field", "field \"\(name)\" must be true or false")
+        }
+    }
+
     func string(_ name: String) throws -> String {
         switch fields[name] {
         case .string(let s): return s

@@ -17,13 +17,17 @@ public struct APIDependencies: Sendable {
     public var mover: RangeMover?
     /// Served with the mover: range splits.
     public var splitter: RangeSplitter?
-    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil, splitter: RangeSplitter? = nil) {
+    /// Served with the mover: rebalancing.
+    public var rebalancer: Rebalancer?
+    public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil, splitter: RangeSplitter? = nil,
+                rebalancer: Rebalancer? = nil) {
         self.bank = bank
         self.cache = cache
         self.health = health
         self.etcd = etcd
         self.mover = mover
         self.splitter = splitter
+        self.rebalancer = rebalancer
     }
 }
 
@@ -94,11 +98,19 @@ struct TransferJSON: ResponseEncodable {
     var replayed: Bool
 }
 
+/// `POST /v1/cluster/rebalance` with `dry_run`: rows per node now, the plan, the rows after it (estimated).
+struct RebalancePlanAnswer: Encodable {
+    var rows: [String: Int]
+    var steps: [String]
+    var projected: [String: Int]
+    var notes: [String]
+}
+
 /// The HTTP JSON API (`docs/openapi.yaml` lists the routes). Money is a decimal string.
 public enum BankRoutes {
     /// Range moves and jobs, with `http.admin_routes`: a move is recorded and answered 202; a
     /// `serve` (``MoveSupervisor``) runs it.
-    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?) {
+    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?, rebalancer: Rebalancer?) {
         @Sendable func mapName(_ context: BasicRequestContext) throws -> MetadataKeys.MapName {
             let name = context.parameters.get("map") ?? ""
             guard let map = MetadataKeys.MapName(rawValue: name) else {
@@ -135,6 +147,28 @@ public enum BankRoutes {
                 return try jsonResponse(job.record, status: .accepted)
             }
         }
+        if let rebalancer {
+            // `{"dry_run": true}` answers the plan (200, nothing written); otherwise the job, run by a serve (202).
+            router.post("/v1/cluster/rebalance") { request, context -> Response in
+                let body = try await RequestBody.read(request, context: context, allowed: ["dry_run", "tolerance", "max_range_rows"])
+                var options = Rebalancer.Options()
+                if body.has("tolerance") {
+                    let tolerance = try body.int64("tolerance")
+                    guard (1...100).contains(tolerance) else { throw APIError(.unprocessableContent, "invalid_field", "field \"tolerance\" must be a percentage from 1 to 100") }
+                    options.tolerance = Int(tolerance)
+                }
+                if body.has("max_range_rows") {
+                    let rows = try body.int64("max_range_rows")
+                    guard rows >= 2 else { throw APIError(.unprocessableContent, "invalid_field", "field \"max_range_rows\" must be at least 2") }
+                    options.maxRangeRows = Int(min(rows, Int64(Int32.max)))
+                }
+                if try body.bool("dry_run") ?? false {
+                    let (plan, rows) = try await rebalancer.plan(options)
+                    return try jsonResponse(RebalancePlanAnswer(rows: rows, steps: plan.steps.map(\.description), projected: plan.projected, notes: plan.notes), status: .ok)
+                }
+                return try jsonResponse(try await rebalancer.create(options, runBy: "serve").record, status: .accepted)
+            }
+        }
         router.get("/v1/cluster/jobs") { _, _ -> Response in
             try jsonResponse(["jobs": try await mover.store.jobs().map(\.record)], status: .ok)
         }
@@ -144,6 +178,15 @@ public enum BankRoutes {
                 throw APIError(.notFound, "unknown_job", "no job \(id.prefix(64)); GET /v1/cluster/jobs lists them")
             }
             return try jsonResponse(job.record, status: .ok)
+        }
+        // Handed to the serves (run_by serve): the one whose supervisor claims it first runs it.
+        router.post("/v1/cluster/jobs/{id}/resume") { request, context -> Response in
+            _ = try await RequestBody.read(request, context: context, allowed: [])
+            return try jsonResponse(try await JobRequests.request(.resume, job: context.parameters.get("id") ?? "", store: mover.store), status: .accepted)
+        }
+        router.post("/v1/cluster/jobs/{id}/cancel") { request, context -> Response in
+            _ = try await RequestBody.read(request, context: context, allowed: [])
+            return try jsonResponse(try await JobRequests.request(.cancel, job: context.parameters.get("id") ?? "", store: mover.store), status: .accepted)
         }
     }
 
@@ -184,7 +227,7 @@ public enum BankRoutes {
                                             nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
                                             etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
         }
-        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter) }
+        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter, rebalancer: deps.rebalancer) }
         router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
             let id = context.parameters.get("id") ?? ""
             guard cache.snapshot.nodes[id] != nil else {

@@ -71,6 +71,12 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// Where a split divides ``range``: the new range's lower bound (balance in minor units, or
     /// directory hash).
     public var splitAt: Int64?
+    /// A rebalance's settings: the allowed distance from the mean (percent), and the row count
+    /// above which a range is split first.
+    public var tolerance: Int?
+    public var maxRangeRows: Int?
+    /// Set by `POST /v1/cluster/jobs/{id}/cancel`: the `serve` that takes the job up undoes it.
+    public var cancelRequested: Bool?
     /// The kind's own phase names (a move's: ``MovePhase`` raw values), `done` or `cancelled` at the end.
     public var phase: String
     /// The job that started this one (a rebalance's moves).
@@ -123,7 +129,8 @@ public struct JobRecord: Sendable, Hashable, Codable {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
         case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at", runBy = "run_by", captureCutoff = "capture_cutoff"
-        case newRange = "new_range", splitAt = "split_at"
+        case newRange = "new_range", splitAt = "split_at", cancelRequested = "cancel_requested"
+        case tolerance, maxRangeRows = "max_range_rows"
     }
 }
 

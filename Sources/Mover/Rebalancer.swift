@@ -90,15 +90,18 @@ public struct Rebalancer: Sendable {
         return (plan, perNode)
     }
 
-    /// Plans and does one step at a time until the plan is empty (or `maxSteps`). A step that does
-    /// not finish stops the rebalance, naming its job (resume or cancel it, then rebalance again).
-    /// Refused while another rebalance's runner is alive; one whose runner died is marked
-    /// cancelled (its steps are ordinary jobs: a step it left is resumed or cancelled as such).
-    public func run(_ options: Options, told: @escaping @Sendable (String) -> Void = { _ in }) async throws -> Outcome {
+    /// Records a rebalance with `options` (`run_by` as given: `serve` for one asked over HTTP,
+    /// which a `serve` then runs). Refused while another rebalance runs or waits for a `serve`; one
+    /// whose runner died is marked cancelled, unless it left a step unfinished (named: resume or
+    /// cancel it first).
+    public func create(_ options: Options, runBy: String? = nil) async throws -> StoredJob {
         let jobs = try await store.jobs()
         for other in jobs where other.record.kind == .rebalance && !other.record.finished {
             if let owner = try await store.jobOwner(other.record.id) {
                 throw MoveError(.conflict, "rebalance job \(other.record.id) is running (\(owner)); wait for it")
+            }
+            if other.record.runBy == "serve", other.record.error == nil {
+                throw MoveError(.conflict, "rebalance job \(other.record.id) was asked over HTTP and waits for a serve to run it; wait for it")
             }
             // Just created, its runner not yet holding it: that rebalance is starting.
             guard Date().timeIntervalSince(other.record.updatedAt) > 10 else {
@@ -119,10 +122,43 @@ public struct Rebalancer: Sendable {
         var record = JobRecord(id: JobRecord.newID(), kind: .rebalance, phase: "running")
         record.map = MetadataKeys.MapName.accounts.rawValue
         record.range = "*"
-        let created: StoredJob
-        do { created = try await store.createJob(record) } catch { throw RangeMover.refusal(error) }
-        let ownership = JobOwnership(store: store, id: created.record.id, leaseTTL: mover.options.leaseTTL, claimWait: .zero)
-        return try await ownership.run { _ in try await self.steps(created, options, told: told) }
+        record.runBy = runBy
+        record.tolerance = options.tolerance
+        record.maxRangeRows = options.maxRangeRows
+        do { return try await store.createJob(record) } catch { throw RangeMover.refusal(error) }
+    }
+
+    /// Records a rebalance and runs it (``create(_:runBy:)``, ``run(_:told:)``).
+    public func run(_ options: Options, told: @escaping @Sendable (String) -> Void = { _ in }) async throws -> Outcome {
+        try await run(try await create(options).record.id, told: told)
+    }
+
+    /// Runs rebalance job `id`: plans and does one step at a time until the plan is empty (or
+    /// `maxSteps`). A step a runner that died left unfinished is resumed first. A step that does
+    /// not finish stops the rebalance, naming its job (resume or cancel it, then rebalance again).
+    public func run(_ id: String, told: @escaping @Sendable (String) -> Void = { _ in }) async throws -> Outcome {
+        guard let job = try await store.job(id), job.record.kind == .rebalance else { throw MoveError(.notFound, "there is no rebalance job \(id)") }
+        guard !job.record.finished else { throw MoveError(.invalid, "rebalance job \(id) has ended (\(job.record.phase))") }
+        var settings = Options()
+        settings.tolerance = job.record.tolerance ?? settings.tolerance
+        settings.maxRangeRows = job.record.maxRangeRows ?? settings.maxRangeRows
+        let options = settings
+        let ownership = JobOwnership(store: store, id: id, leaseTTL: mover.options.leaseTTL, claimWait: .zero)
+        return try await ownership.run { _ in
+            guard var current = try await store.job(id) else { throw MoveError(.notFound, "rebalance job \(id) is gone") }
+            for step in try await store.jobs() where step.record.parent == id && !step.record.finished {
+                told("resuming step \(step.record.id) (\(step.record.kind.rawValue) of \(step.record.range ?? "?"), \(step.record.phase))")
+                let ended = step.record.kind == .split ? try await splitter.run(step.record.id) : try await mover.run(step.record.id)
+                guard ended.phase == "done" else {
+                    current.record.phase = "cancelled"
+                    current.record.error = "its step \(ended.id) ended \(ended.phase): \(ended.error ?? "no reason recorded"); resume or cancel it, then rebalance again"
+                    current.record.updatedAt = Date()
+                    _ = try await store.updateJob(current.record, expectedRevision: current.modRevision)
+                    return Outcome(job: current.record, steps: [], notes: [], rows: try await plan(options).rows)
+                }
+            }
+            return try await self.steps(current, options, told: told)
+        }
     }
 
     private func steps(_ created: StoredJob, _ options: Options, told: @escaping @Sendable (String) -> Void) async throws -> Outcome {
@@ -147,7 +183,7 @@ public struct Rebalancer: Sendable {
                 case .split(let range, _, _):
                     let job: StoredJob
                     do {
-                        job = try await splitter.create(map: .accounts, range: range, at: nil, parent: stored.record.id)
+                        job = try await splitter.create(map: .accounts, range: range, at: nil, runBy: stored.record.runBy, parent: stored.record.id)
                     } catch let error as MoveError where error.code == .invalid && (error.message.contains("cannot divide") || error.message.contains("holds no rows")) {
                         // A median on the lower bound: the range cannot be halved by rows.
                         told("  \(range) cannot be split: \(error.message)")
@@ -156,7 +192,7 @@ public struct Rebalancer: Sendable {
                     }
                     child = try await splitter.run(job.record.id)
                 case .move(let range, _, let to, _):
-                    child = try await mover.run(try await mover.create(map: .accounts, range: range, to: to, parent: stored.record.id).record.id)
+                    child = try await mover.run(try await mover.create(map: .accounts, range: range, to: to, runBy: stored.record.runBy, parent: stored.record.id).record.id)
                 }
                 steps.append((step, child))
                 stored.record.rows.copied = Int64(steps.count)

@@ -161,7 +161,9 @@ extension Ctl {
                         for note in plan.notes { print("note: \(note)") }
                         return
                     }
-                    let outcome = try await rebalancer.run(settings) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+                    let job = try await rebalancer.create(settings)
+                    FileHandle.standardError.write(Data("job \(job.record.id): rebalancing (tolerance \(tolerance) %, ranges over \(maxRangeRows) rows split)\n".utf8))
+                    let outcome = try await rebalancer.run(job.record.id) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
                     let rows = outcome.rows.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
                     for note in outcome.notes { print("note: \(note)") }
                     guard outcome.job.phase == "done" else { throw CLIError("rebalance \(outcome.job.id) stopped: \(outcome.job.error ?? "")") }

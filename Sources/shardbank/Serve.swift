@@ -50,11 +50,13 @@ struct Serve: AsyncParsableCommand {
             var splitterOptions = RangeSplitter.Options()
             splitterOptions.claimWait = .zero
             let splitter = RangeSplitter(connections: runtime.connections, store: runtime.store, options: splitterOptions, logger: logger)
-            let supervisor = MoveSupervisor(mover: mover, splitter: splitter, logger: logger)
+            let rebalancer = Rebalancer(mover: mover, splitter: splitter, logger: logger)
+            let supervisor = MoveSupervisor(mover: mover, splitter: splitter, rebalancer: rebalancer, logger: logger)
             let app = Application(
                 router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe,
                                                           mover: configuration.adminRoutes ? mover : nil,
-                                                          splitter: configuration.adminRoutes ? splitter : nil)),
+                                                          splitter: configuration.adminRoutes ? splitter : nil,
+                                                          rebalancer: configuration.adminRoutes ? rebalancer : nil)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
                 services: runtime.services + [resolver, probe, supervisor],
                 logger: logger)

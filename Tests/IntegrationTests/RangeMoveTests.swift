@@ -90,6 +90,44 @@ final class Shared<Value: Sendable>: Sendable {
     func update<T>(_ body: (inout Value) -> T) -> T { storage.withLock { body(&$0) } }
 }
 
+/// Four clients moving money among `accounts` until `stop`: each answer a client would retry
+/// (503 with Retry-After: a moving range, an aborted or unknown outcome) is retried with the same
+/// key; an error from the database is a test failure. Acknowledged keys go to `acknowledged`.
+func transferLoad(_ bank: Bank, _ accounts: [Account], stop: Shared<Bool>, acknowledged: Shared<[String]>,
+                  amount: @escaping @Sendable (Int) -> Money) -> Task<Void, any Error> {
+    Task {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    var n = 0
+                    while !stop.value {
+                        n += 1
+                        let from = accounts[(worker * 31 + n * 17) % accounts.count]
+                        let to = accounts[(worker * 13 + n * 29 + 1) % accounts.count]
+                        guard from.id != to.id else { continue }
+                        let key = "w\(worker)-\(n)"
+                        while true {
+                            do {
+                                _ = try await bank.transfer(from: from.id, to: to.id, amount: amount(n), idempotencyKey: key)
+                                acknowledged.update { $0.append(key) }
+                                break
+                            } catch let error as LedgerError where error.code == .insufficientFunds {
+                                break
+                            } catch let error as LedgerError where error.code == .rangeMoving || error.code == .aborted || error.code == .outcomeUnknown {
+                                try await Task.sleep(for: .milliseconds(50))
+                            } catch let error as MariaDBError {
+                                Issue.record("transfer \(key): \(error.errorNumber ?? 0) \(error.message)")
+                                throw error
+                            }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+}
+
 /// A fault drill's stand-in for `kill -9`: thrown from the mover's step hook.
 struct MoverKilled: MoverDrill {}
 
@@ -118,43 +156,9 @@ struct RangeMoveTests {
 
             let stop = Shared(false)
             let acknowledged = Shared<[String]>([])
-            let waitedOut = Shared(0)
-            let load = Task {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for worker in 0..<4 {
-                        group.addTask {
-                            var n = 0
-                            while !stop.value {
-                                n += 1
-                                // Mostly within a1 and across nodes; some cross a1's top bound (into a2 on node2,
-                                // the move's target) or come down into a1 from a2.
-                                let from = all[(worker * 31 + n * 17) % all.count]
-                                let to = all[(worker * 13 + n * 29 + 1) % all.count]
-                                guard from.id != to.id else { continue }
-                                let amount = n % 7 == 0 ? money("12.00") : money("0.\(10 + n % 80)")
-                                let key = "w\(worker)-\(n)"
-                                while true {
-                                    do {
-                                        _ = try await f.bank.transfer(from: from.id, to: to.id, amount: amount, idempotencyKey: key)
-                                        acknowledged.update { $0.append(key) }
-                                        break
-                                    } catch let error as LedgerError where error.code == .insufficientFunds {
-                                        break
-                                    } catch let error as LedgerError where error.code == .rangeMoving || error.code == .aborted || error.code == .outcomeUnknown {
-                                        // What the API answers as 503 with Retry-After: the same key again.
-                                        waitedOut.update { $0 += 1 }
-                                        try await Task.sleep(for: .milliseconds(50))
-                                    } catch let error as MariaDBError {
-                                        Issue.record("transfer \(key): \(error.errorNumber ?? 0) \(error.message)")
-                                        throw error
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
-            }
+            // Mostly within a1 and across nodes; some cross a1's top bound (into a2 on node2, the
+            // move's target) or come down into a1 from a2.
+            let load = transferLoad(f.bank, all, stop: stop, acknowledged: acknowledged) { n in n % 7 == 0 ? money("12.00") : money("0.\(10 + n % 80)") }
             try await Task.sleep(for: .milliseconds(500))
             let phases = Shared<[String]>([])
             let verifiedDuring = Shared<LedgerVerifier.Report?>(nil)

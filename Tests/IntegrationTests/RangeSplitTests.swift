@@ -50,36 +50,8 @@ struct RangeSplitTests {
             #expect(before.clean, "\(before.summary)")
             let stop = Shared(false)
             let acknowledged = Shared<[String]>([])
-            let load = Task {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for worker in 0..<4 {
-                        group.addTask {
-                            var n = 0
-                            while !stop.value {
-                                n += 1
-                                let from = all[(worker * 31 + n * 17) % all.count]
-                                let to = all[(worker * 13 + n * 29 + 1) % all.count]
-                                guard from.id != to.id else { continue }
-                                // Large amounts too, so that balances cross the split key both ways.
-                                let amount = n % 5 == 0 ? money("2500.00") : money("0.\(10 + n % 80)")
-                                let key = "w\(worker)-\(n)"
-                                while true {
-                                    do {
-                                        _ = try await f.bank.transfer(from: from.id, to: to.id, amount: amount, idempotencyKey: key)
-                                        acknowledged.update { $0.append(key) }
-                                        break
-                                    } catch let error as LedgerError where error.code == .insufficientFunds {
-                                        break
-                                    } catch let error as LedgerError where error.code == .rangeMoving || error.code == .aborted || error.code == .outcomeUnknown {
-                                        try await Task.sleep(for: .milliseconds(50))
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
-            }
+            // Large amounts too, so that balances cross the split key both ways.
+            let load = transferLoad(f.bank, all, stop: stop, acknowledged: acknowledged) { n in n % 5 == 0 ? money("2500.00") : money("0.\(10 + n % 80)") }
             try await Task.sleep(for: .milliseconds(300))
             let phases = Shared<[String]>([])
             let splitter = f.splitter { options in
@@ -244,6 +216,49 @@ struct RangeSplitTests {
             await #expect(throws: MoverKilled.self) { _ = try await later.run(second.record.id) }
             await #expect { _ = try await f.splitter().run(second.record.id, .cancel) } throws: { "\($0)".contains("can only go forward") }
             #expect(try await f.splitter().run(second.record.id).phase == "done")
+            let after = try await f.verify()
+            #expect(after.clean && after.balances == before.balances, "\(after.summary)")
+        }
+    }
+
+    @Test("resume and cancel asked over HTTP hand the job to the serves: a supervisor finishes one split and undoes another; a rebalance asked over HTTP is run by a supervisor; an ended job is refused")
+    func requestsOverHTTP() async throws {
+        try await withMoveFixture { f in
+            _ = try await openAccounts(f.bank, count: 40, prefix: "h")
+            let before = try await f.verify()
+            let killed = { (phase: SplitPhase) in f.splitter { options in options.beforeStep = { if $0 == phase { throw MoverKilled() } } } }
+            let first = try await killed(.relabeling).create(map: .accounts, range: "a1", at: 500_000)
+            await #expect(throws: MoverKilled.self) { _ = try await killed(.relabeling).run(first.record.id) }
+            var serveSplitter = RangeSplitter.Options()
+            serveSplitter.claimWait = .zero
+            serveSplitter.leaseTTL = 2
+            let supervisor = MoveSupervisor(mover: f.mover { $0.claimWait = .zero },
+                                            splitter: RangeSplitter(connections: f.connections, store: f.store, options: serveSplitter, logger: testLogger),
+                                            rebalancer: Rebalancer(mover: f.mover { $0.claimWait = .zero }, splitter: f.splitter(), logger: testLogger), logger: testLogger)
+            // The dead runner's lease must lapse before a serve can claim the job.
+            try await Task.sleep(for: .seconds(3))
+            let asked = try await JobRequests.request(.resume, job: first.record.id, store: f.store)
+            #expect(asked.runBy == "serve" && asked.cancelRequested == false)
+            await supervisor.passOnce()
+            #expect(try await f.store.job(first.record.id)?.record.phase == "done")
+            await #expect { _ = try await JobRequests.request(.resume, job: first.record.id, store: f.store) } throws: { "\($0)".contains("has ended") }
+            await #expect { _ = try await JobRequests.request(.cancel, job: "job-nosuch", store: f.store) } throws: { ($0 as? MoveError)?.code == .notFound }
+
+            let second = try await killed(.publishing).create(map: .accounts, range: first.record.newRange!, at: 800_000)
+            await #expect(throws: MoverKilled.self) { _ = try await killed(.publishing).run(second.record.id) }
+            try await Task.sleep(for: .seconds(3))
+            _ = try await JobRequests.request(.cancel, job: second.record.id, store: f.store)
+            await supervisor.passOnce()
+            #expect(try await f.store.job(second.record.id)?.record.phase == "cancelled")
+            #expect(try await f.currentMaps().accounts.ranges.count == 4)
+
+            var options = Rebalancer.Options()
+            options.tolerance = 30
+            options.maxRangeRows = 1000
+            let rebalance = try await Rebalancer(mover: f.mover(), splitter: f.splitter(), logger: testLogger).create(options, runBy: "serve")
+            await supervisor.passOnce()
+            let ran = try await f.store.job(rebalance.record.id)?.record
+            #expect(ran?.phase == "done", "\(String(describing: ran))")
             let after = try await f.verify()
             #expect(after.clean && after.balances == before.balances, "\(after.summary)")
         }

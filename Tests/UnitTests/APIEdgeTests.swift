@@ -76,6 +76,22 @@ struct APIEdgeTests {
         #expect(unknownMap.status == 404 && unknownMap.code == "unknown_map")
     }
 
+    @Test("a rebalance's settings and a job request's body are checked before anything is read: tolerance outside 1–100, max_range_rows below 2, dry_run not a boolean, unknown fields")
+    func rebalanceAndJobRequestInput() async throws {
+        let tolerance = try await Self.post("/v1/cluster/rebalance", #"{"tolerance":0}"#)
+        #expect(tolerance.status == 422 && tolerance.code == "invalid_field" && tolerance.message?.contains("1 to 100") == true)
+        let rows = try await Self.post("/v1/cluster/rebalance", #"{"max_range_rows":1}"#)
+        #expect(rows.status == 422 && rows.code == "invalid_field")
+        let dry = try await Self.post("/v1/cluster/rebalance", #"{"dry_run":"yes"}"#)
+        #expect(dry.status == 422 && dry.code == "invalid_field")
+        let unknown = try await Self.post("/v1/cluster/rebalance", #"{"to":"node2"}"#)
+        #expect(unknown.status == 422 && unknown.code == "unknown_field")
+        for verb in ["resume", "cancel"] {
+            let extra = try await Self.post("/v1/cluster/jobs/job-1/\(verb)", #"{"force":true}"#)
+            #expect(extra.status == 422 && extra.code == "unknown_field", "\(verb)")
+        }
+    }
+
     // MARK: body limits
 
     @Test("a body over 64 KiB is a 413 body_too_large naming the limit, not a 503 retry")

@@ -15,9 +15,10 @@ func withOfflineRouter<T>(logger: Logger, adminRoutes: Bool = true, _ body: (Rou
     let cache = MetadataCache(store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
     let mover = RangeMover(connections: NodeConnections(logger: logger), store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
     let splitter = RangeSplitter(connections: NodeConnections(logger: logger), store: MetadataStore(etcd: etcd, keys: MetadataKeys()), logger: logger)
+    let rebalancer = Rebalancer(mover: mover, splitter: splitter, logger: logger)
     let router = BankRoutes.router(APIDependencies(bank: bank, cache: cache, health: NodeHealthMonitor(cache: cache),
                                                    etcd: EtcdProbe(etcd: etcd, key: "/x", logger: logger), mover: adminRoutes ? mover : nil,
-                                                   splitter: adminRoutes ? splitter : nil))
+                                                   splitter: adminRoutes ? splitter : nil, rebalancer: adminRoutes ? rebalancer : nil))
     do {
         let result = try await body(router)
         try await etcd.shutdown()
