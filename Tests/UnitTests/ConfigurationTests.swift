@@ -5,9 +5,12 @@ import Sharding
 import Testing
 
 @Suite("Configuration file and environment overrides")
-struct ConfigurationTests {
+final class ConfigurationTests {
+    /// One directory per test (a suite instance per test): removed when the test ends.
+    let dir = FileManager.default.temporaryDirectory.path + "/shardbank-config-" + UUID().uuidString
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
+
     func write(_ text: String) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.path + "/shardbank-config-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try "s3cret\n".write(toFile: dir + "/pw", atomically: true, encoding: .utf8)
         let path = dir + "/shardbank.json"
