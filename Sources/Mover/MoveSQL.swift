@@ -159,10 +159,12 @@ enum MoveSQL {
             for r in try await c.execute("SELECT \(accountColumns) FROM account_info WHERE account_id IN (\(list(ids.count)))", values).rows {
                 f.accounts[try r.int64("account_id")] = r
             }
-            for r in try await c.execute("SELECT \(journalColumns) FROM journal WHERE account_id IN (\(list(ids.count)))\(recent) ORDER BY entry_id", values).rows {
+            // By account: a chunk's accounts hold little history each; the time index would read
+            // every posting of the node since the cut-off.
+            for r in try await c.execute("SELECT \(journalColumns) FROM journal FORCE INDEX (by_account) WHERE account_id IN (\(list(ids.count)))\(recent) ORDER BY entry_id", values).rows {
                 f.postings[try r.int64("account_id"), default: []].append(r)
             }
-            for r in try await c.execute("SELECT \(decisionColumns), home_account FROM transfers WHERE home_account IN (\(list(ids.count)))\(recent)", values).rows {
+            for r in try await c.execute("SELECT \(decisionColumns), home_account FROM transfers FORCE INDEX (by_home) WHERE home_account IN (\(list(ids.count)))\(recent)", values).rows {
                 f.decisions[try r.int64("home_account"), default: []].append(r)
             }
             return f

@@ -339,10 +339,12 @@ private struct Run {
                 let same = try await source
                 if same.postings == target.postings && same.decisions == target.decisions {
                     historyCutoff = cutoff
+                    try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }
                 guard let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
                     historyCutoff = cutoff
+                    try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }
                 if attempt == 3 { throw MoveError(.mismatch, difference) }
@@ -486,6 +488,15 @@ private struct Run {
         }
         try await onSource { try await MoveSQL.deleteChanges($0, changes.map(\.seq)) }
         return try await onSource { try await MoveSQL.pendingChanges($0, spec) }
+    }
+
+    /// The comparison of the whole history takes longer as the history grows, and the changes made
+    /// meanwhile would all be caught up inside the freeze: catch up again first (a few passes at
+    /// most: under a load the catch-up cannot outrun, the freeze takes the rest).
+    func catchUpAfterComparing() async throws {
+        for _ in 0..<10 {
+            if try await catchUpPass() < Int64(options.limits.pendingToFreeze) { return }
+        }
     }
 
     /// Waits until every ShardBank branch prepared on the source now has ended (the resolver ends

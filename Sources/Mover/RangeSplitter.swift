@@ -226,6 +226,8 @@ private struct SplitRun {
                     action = machine.conflict(error.message)
                 } catch is CancellationError {
                     throw CancellationError()
+                } catch let busy as SplitSQL.DirectoryBusy {
+                    action = machine.directoryBusy(busy.description)
                 } catch {
                     logger.warning("split step failed", metadata: ["job": "\(job.record.id)", "phase": "\(phase.rawValue)", "error": "\(error)"])
                     action = machine.stepFailed("\(error)")

@@ -38,9 +38,13 @@ public struct RangeSplitStateMachine: Sendable, Hashable {
         /// Tries of the narrowing transaction whose lock wait timed out (writes kept the old
         /// row share-locked) before the job stops for an operator.
         public var narrowTries: Int
-        public init(stepTries: Int = 5, narrowTries: Int = 20) {
+        /// Tries of a pointing chunk that found a directory range in a move's switch (or the map
+        /// behind) before the job stops for an operator; 200 ms apart, they do not count as failures.
+        public var busyTries: Int
+        public init(stepTries: Int = 5, narrowTries: Int = 20, busyTries: Int = 150) {
             self.stepTries = stepTries
             self.narrowTries = narrowTries
+            self.busyTries = busyTries
         }
     }
 
@@ -77,6 +81,7 @@ public struct RangeSplitStateMachine: Sendable, Hashable {
     public let limits: Limits
     private var failures = 0
     private var narrowTimeouts = 0
+    private var busy = 0
 
     public init(phase: SplitPhase = .prepared, cursor: Int64? = nil, pointsDirectory: Bool, cancelReason: String? = nil, limits: Limits = Limits()) {
         self.phase = phase
@@ -149,7 +154,20 @@ public struct RangeSplitStateMachine: Sendable, Hashable {
         guard phase == .pointing else { return resume() }
         if let lastKey { cursor = lastKey }
         failures = 0
+        busy = 0
         return more ? .pointChunk(after: cursor) : advance(to: .done)
+    }
+
+    /// A pointing chunk found a directory range not active where the map says (a move's switch, or
+    /// the map behind): wait for the map to change, without counting it as a failure, up to a limit.
+    public mutating func directoryBusy(_ what: String) -> Action {
+        guard phase == .pointing else { return resume() }
+        busy += 1
+        if busy >= limits.busyTries {
+            busy = 0
+            return .stopForOperator(reason: "pointing waited \(limits.busyTries) times for \(what); resume the job once the directory range has settled")
+        }
+        return .retry(.pointing, after: .milliseconds(200))
     }
 
     /// The new row is gone: the split is undone.

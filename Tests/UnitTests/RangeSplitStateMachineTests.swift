@@ -88,6 +88,15 @@ struct RangeSplitStateMachineTests {
         #expect(n.narrowTimedOut() == .retry(.narrowing, after: .milliseconds(50)))
         guard case .stopForOperator = n.narrowTimedOut() else { Issue.record("no stop"); return }
 
+        var p = RangeSplitStateMachine(phase: .pointing, pointsDirectory: true, limits: .init(stepTries: 2, narrowTries: 2, busyTries: 3))
+        #expect(p.directoryBusy("d1") == .retry(.pointing, after: .milliseconds(200)))
+        #expect(p.directoryBusy("d1") == .retry(.pointing, after: .milliseconds(200)))
+        _ = p.chunkPointed(lastKey: 3, more: true) // a chunk that went through starts the count again
+        #expect(p.directoryBusy("d1") == .retry(.pointing, after: .milliseconds(200)))
+        #expect(p.directoryBusy("d1") == .retry(.pointing, after: .milliseconds(200)))
+        guard case .stopForOperator(let why) = p.directoryBusy("d1") else { Issue.record("no stop"); return }
+        #expect(why.contains("d1"))
+
         var c = RangeSplitStateMachine(phase: .cancelling, pointsDirectory: true, limits: .init(stepTries: 1, narrowTries: 1))
         for _ in 0..<10 { guard case .retry(.cancelling, _) = c.stepFailed("down") else { Issue.record("undo gave up"); return } }
     }
