@@ -16,7 +16,7 @@ mkdir -p "$out"
 config=$dir/shardbank.json
 echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves $moves, decision grace $grace s"
 # Long enough for the moves (a guess per move); the moves that outlast it run without load (reported).
-duration=$((60 + moves * (20 + rows / 2000)))
+duration=$((60 + moves * (30 + rows / 1000)))
 "$bin" bench --config "$config" --http --clients 16 --cross-node 0.5 --accounts-per-node "$rows" --only-node node1,node2 \
   --duration "$duration" --timeline "$out/timeline.jsonl" >"$out/bench.log" 2>&1 &
 loader=$!
