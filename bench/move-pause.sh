@@ -17,14 +17,7 @@ config=$dir/shardbank.json
 echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves $moves, decision grace $grace s"
 # Long enough for the moves (a guess per move); the moves that outlast it run without load (reported).
 duration=$((60 + moves * (30 + rows / 1000)))
-"$bin" bench --config "$config" --http --clients 16 --cross-node 0.5 --accounts-per-node "$rows" --only-node node1,node2 \
-  --duration "$duration" --timeline "$out/timeline.jsonl" >"$out/bench.log" 2>&1 &
-loader=$!
-until grep -q running "$out/bench.log"; do
-  kill -0 "$loader" 2>/dev/null || { echo "bench died:"; tail "$out/bench.log"; exit 1; }
-  sleep 0.5
-done
-started=$(date +%s.%N)
+start_load "$rows" "$duration"
 sleep 15
 to=node3
 : >"$out/moves.txt"

@@ -16,14 +16,7 @@ mkdir -p "$out"
 config=$dir/shardbank.json
 echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, splits $splits"
 duration=$((60 + splits * 15))
-"$bin" bench --config "$config" --http --clients 16 --cross-node 0.5 --accounts-per-node "$rows" --only-node node1,node2 \
-  --duration "$duration" --timeline "$out/timeline.jsonl" >"$out/bench.log" 2>&1 &
-loader=$!
-until grep -q running "$out/bench.log"; do
-  kill -0 "$loader" 2>/dev/null || { echo "bench died:"; tail "$out/bench.log"; exit 1; }
-  sleep 0.5
-done
-started=$(date +%s.%N)
+start_load "$rows" "$duration"
 sleep 15
 : >"$out/splits.txt"
 for i in $(seq 1 "$splits"); do
