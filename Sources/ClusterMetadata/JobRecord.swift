@@ -203,16 +203,23 @@ extension MetadataStore {
 
     /// Writes `record` if the stored one is still at `expectedRevision`; otherwise `.conflict`
     /// (another runner moved the job on). A finished job releases its range's lock in the same
-    /// transaction. Returns the new revision.
+    /// transaction. Returns the new revision. A write whose answer was lost and that is tried
+    /// again finds its own bytes stored: that is no conflict, and the stored revision is returned
+    /// (the records are compared as encoded: dates keep whole seconds only).
     public func updateJob(_ record: JobRecord, expectedRevision: Int64) async throws(MetadataError) -> Int64 {
-        var success: [EtcdOperation] = [.put(key: keys.job(record.id), value: Self.encodeJob(record), lease: nil)]
+        let encoded = Self.encodeJob(record)
+        var success: [EtcdOperation] = [.put(key: keys.job(record.id), value: encoded, lease: nil)]
         if record.finished, let map = record.map, let range = record.range {
             success.append(.delete(.key(keys.rangeLock(map: map, range: range))))
             if let newRange = record.newRange { success.append(.delete(.key(keys.rangeLock(map: map, range: newRange)))) }
         }
         do {
-            let result = try await etcd.transaction(compare: [.modRevision(keys.job(record.id), is: expectedRevision)], success: success)
+            let result = try await etcd.transaction(compare: [.modRevision(keys.job(record.id), is: expectedRevision)], success: success,
+                                                    failure: [.get(.key(keys.job(record.id)))])
             guard result.succeeded else {
+                if case .get(let read) = result.results.first, let stored = read.kvs.first, stored.value == encoded {
+                    return stored.modRevision
+                }
                 throw MetadataError(.conflict, "job \(record.id) changed since revision \(expectedRevision): another runner has it; reload it")
             }
             return result.revision

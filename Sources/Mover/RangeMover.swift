@@ -194,9 +194,7 @@ private struct Run {
         do {
             job.modRevision = try await mover.store.updateJob(job.record, expectedRevision: job.modRevision)
         } catch {
-            // A write whose answer was lost is ours, landed: the record holds exactly what we wrote.
-            guard error.code == .conflict, let now = try await mover.store.job(job.record.id), now.record == job.record else { throw superseded(error) }
-            job.modRevision = now.modRevision
+            throw superseded(error)
         }
         lastSaved = ContinuousClock.now
         mover.progress(job.record)

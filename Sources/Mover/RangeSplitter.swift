@@ -173,11 +173,7 @@ private struct SplitRun {
         do {
             job.modRevision = try await store.updateJob(job.record, expectedRevision: job.modRevision)
         } catch {
-            // A write whose answer was lost is ours, landed: the record holds exactly what we wrote.
-            guard error.code == .conflict, let now = try await store.job(job.record.id), now.record == job.record else {
-                throw error.code == .conflict ? MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops") : error
-            }
-            job.modRevision = now.modRevision
+            throw error.code == .conflict ? MoveError(.superseded, "job \(job.record.id) was changed by another runner; this one stops") : error
         }
         lastSaved = ContinuousClock.now
         splitter.progress(job.record)

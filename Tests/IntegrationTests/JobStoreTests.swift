@@ -29,6 +29,10 @@ struct JobStoreTests {
                 await #expect(throws: MetadataError.self) { _ = try await store.updateJob(record, expectedRevision: created.modRevision) }
                 let stored = try #require(try await store.job(record.id))
                 #expect(stored.record.phase == "capturing" && stored.record.rows.total == 50_000 && stored.modRevision == revision)
+                // The same write again (its answer was lost, the runner retries from the old revision): no conflict.
+                var landed = record
+                landed.phase = "capturing"
+                #expect(try await store.updateJob(landed, expectedRevision: created.modRevision) == revision)
                 // Done: the range is free for the next job.
                 record.phase = "done"
                 _ = try await store.updateJob(record, expectedRevision: revision)
