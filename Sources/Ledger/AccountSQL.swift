@@ -256,10 +256,34 @@ enum AccountSQL {
         var previousNodes: [String]
     }
 
+    /// Reads an account's directory entry; absent unless its directory range is served here
+    /// (`active` or `frozen`): a moved range's old copy, or a copy on its way in, is not the entry.
     static func directory(_ c: MariaDBConnection, _ id: Int64) async throws -> DirectoryEntry? {
-        guard let r = try await c.execute("SELECT data_node, data_range, previous_nodes FROM account_directory WHERE account_id = ?", [.int(id)]).rows.first else { return nil }
+        guard let r = try await c.execute("""
+            SELECT d.data_node, d.data_range, d.previous_nodes FROM account_directory d
+            JOIN range_ownership r ON r.map_name = 'directory' AND r.range_id = d.directory_range AND r.state IN ('active', 'frozen')
+            WHERE d.account_id = ?
+            """, [.int(id)]).rows.first else { return nil }
         return DirectoryEntry(node: try r.string("data_node"), range: try r.string("data_range"),
                               previousNodes: try r.string("previous_nodes").split(separator: ",").map(String.init))
+    }
+
+    /// Whether this node serves the directory range that holds `key` (read without locks): an
+    /// absent entry is known absent only where the range is served.
+    enum DirectoryService: Sendable, Equatable {
+        case served
+        /// In a move's switch (`moved`, the map about to name the new node).
+        case moving
+        /// Not here (a stale map): the range moved away, or has not arrived yet.
+        case elsewhere
+    }
+
+    static func directoryService(_ c: MariaDBConnection, key: Int64) async throws -> DirectoryService {
+        let states = Set(try await c.execute("""
+            SELECT state FROM range_ownership WHERE map_name = 'directory' AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?)
+            """, [.int(key), .int(key)]).rows.map { try $0.string("state") })
+        if !states.isDisjoint(with: ["active", "frozen"]) { return .served }
+        return states.contains("moved") ? .moving : .elsewhere
     }
 
     static func insertDirectory(_ c: MariaDBConnection, _ id: Int64, directoryRange: String, node: String, range: String) async throws {

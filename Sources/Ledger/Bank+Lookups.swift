@@ -23,10 +23,10 @@ extension Bank {
                let row = try await connections.withConnection(hint, { try await AccountSQL.read($0, id) }) {
                 return (row, hint)
             }
-            let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: id)).node
-            guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, id) }) else {
+            guard let entry = try await directoryEntry(id) else {
                 throw LedgerError(.notFound, "account \(id) does not exist")
             }
+            maps = try self.maps()
             let node = Self.node(of: entry, maps: maps)
             if let row = try await connections.withConnection(node, { try await AccountSQL.read($0, id) }) {
                 locations.withLock { $0[id] = Location(node: node, range: row.range) }
@@ -47,6 +47,33 @@ extension Bank {
         throw LedgerError(.aborted, "account \(id) kept moving while it was looked up; try again")
     }
 
+    /// An account's directory entry, read on the node the directory map names. A node that does
+    /// not serve the entry's range (the map is behind a directory range's move) sends the lookup
+    /// back to the maps, read again; a range in a move's switch is waited for, as a write waits
+    /// (then `range_moving`). Nil: the node that serves the range has no entry.
+    func directoryEntry(_ id: Int64) async throws -> AccountSQL.DirectoryEntry? {
+        let key = DirectoryHash.key(forAccount: id)
+        var moving = MoveWait(limit: moveWait)
+        var refreshed = false
+        while true {
+            let maps = try self.maps()
+            let node = try maps.directory.range(for: key).node
+            let (entry, service) = try await connections.withConnection(node) { c -> (AccountSQL.DirectoryEntry?, AccountSQL.DirectoryService) in
+                if let entry = try await AccountSQL.directory(c, id) { return (entry, .served) }
+                return (nil, try await AccountSQL.directoryService(c, key: key))
+            }
+            if service == .served { return entry }
+            if service == .elsewhere, !refreshed {
+                refreshed = true
+                try? await refreshMaps()
+                continue
+            }
+            moving.planned(maps: maps)
+            if moving.shouldRefresh { try? await refreshMaps() }
+            try await moving.wait(maps: self.maps, what: "reading the directory entry of account \(id)", cause: nil)
+        }
+    }
+
     /// The node of a directory entry's account: the map's owner of the entry's range — a range
     /// move rewrites no entry — or, for a range the map no longer has, the node the entry names.
     static func node(of entry: AccountSQL.DirectoryEntry, maps: LedgerMaps) -> String {
@@ -55,10 +82,8 @@ extension Bank {
 
     /// The account's node now, then every node it lived on before.
     func nodesOf(_ account: Int64) async throws -> [String] {
-        let maps = try self.maps()
-        let directoryNode = try maps.directory.range(for: DirectoryHash.key(forAccount: account)).node
-        guard let entry = try await connections.withConnection(directoryNode, { try await AccountSQL.directory($0, account) }) else { return [] }
-        let node = Self.node(of: entry, maps: maps)
+        guard let entry = try await directoryEntry(account) else { return [] }
+        let node = Self.node(of: entry, maps: try self.maps())
         return [node] + entry.previousNodes.filter { $0 != node }
     }
 

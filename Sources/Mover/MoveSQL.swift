@@ -16,6 +16,16 @@ public struct MoveSpec: Sendable, Hashable {
     public var targetEpoch: Int64
     /// The source's epoch before the job claimed it (a job cancelled before its first step finds it).
     public var sourceEpochBefore: Int64?
+    /// The range's bounds (from the map; a range in a job is not split): a directory move picks
+    /// the opening decisions whose key hashes into them.
+    public var keyBounds = KeyBounds(lower: .min, upper: nil)
+
+    /// `[lower, upper)`, `upper` nil for no end.
+    public struct KeyBounds: Sendable, Hashable {
+        public var lower: Int64
+        public var upper: Int64?
+        public func contains(_ key: Int64) -> Bool { key >= lower && upper.map { key < $0 } ?? true }
+    }
 
     public init(map: String, range: String, source: String, target: String, sourceEpoch: Int64, targetEpoch: Int64, sourceEpochBefore: Int64? = nil) {
         self.sourceEpochBefore = sourceEpochBefore
@@ -67,9 +77,9 @@ enum MoveSQL {
                                     [.int(spec.targetEpoch), .string(spec.map), .string(spec.range)])
                 return
             }
-            let leftovers = try await c.execute("SELECT COUNT(*) AS n FROM account_info WHERE balance_range = ?", [.string(spec.range)]).rows.first?.int64("n") ?? 0
+            let leftovers = try await RangeContent.rowCount(c, spec)
             guard leftovers == 0 else {
-                throw MoveError(.conflict, "\(spec.target) holds \(leftovers) account rows labelled \(spec.range) but no ownership row for it: clean them before moving \(spec.range) there")
+                throw MoveError(.conflict, "\(spec.target) holds \(leftovers) \(spec.map == "directory" ? "directory entries" : "account rows") labelled \(spec.range) but no ownership row for it: clean them before moving \(spec.range) there")
             }
             try await c.execute("""
                 INSERT INTO range_ownership (map_name, range_id, lower_bound, upper_bound, epoch, state, capture)
@@ -131,16 +141,6 @@ enum MoveSQL {
     static let accountColumns = "account_id, customer_name, balance, balance_range, row_version, created_at, updated_at, previous_nodes"
     static let journalColumns = "transfer_id, attempt, account_id, amount, balance_after, created_at"
     static let decisionColumns = "transfer_id, attempt, kind, state, from_account, to_account, amount, request_hash, participants, created_at"
-
-    /// The range's keys on the source after `after`, ascending.
-    static func keys(_ s: MariaDBConnection, range: String, after: Int64?, limit: Int) async throws -> [Int64] {
-        try await s.execute("SELECT account_id FROM account_info WHERE balance_range = ? AND account_id > ? ORDER BY account_id LIMIT \(limit)",
-                            [.string(range), .int(after ?? Int64.min)]).rows.map { try $0.int64("account_id") }
-    }
-
-    static func rowCount(_ c: MariaDBConnection, range: String) async throws -> Int64 {
-        try await c.execute("SELECT COUNT(*) AS n FROM account_info WHERE balance_range = ?", [.string(range)]).rows.first?.int64("n") ?? 0
-    }
 
     /// What the source holds of some accounts, read in one snapshot.
     struct Footprint: Sendable {
@@ -475,7 +475,7 @@ enum MoveSQL {
         }
     }
 
-    private static func checkSourceLocked(_ c: MariaDBConnection, _ spec: MoveSpec, state: String) async throws -> OwnershipRow {
+    static func checkSourceLocked(_ c: MariaDBConnection, _ spec: MoveSpec, state: String) async throws -> OwnershipRow {
         guard let row = try await ownership(c, map: spec.map, range: spec.range, lock: " LOCK IN SHARE MODE"), row.state == state, row.epoch == spec.sourceEpoch else {
             throw MoveError(.conflict, "\(spec.source)'s row for \(spec.range) is no longer \(state) at epoch \(spec.sourceEpoch)")
         }

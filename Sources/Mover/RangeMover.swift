@@ -66,9 +66,6 @@ public struct RangeMover: Sendable {
     /// node, a node that is not active or has no connection here, the owner itself, a range already
     /// in a job.
     public func create(map name: MetadataKeys.MapName, range: String, to target: String, runBy: String? = nil, parent: String? = nil) async throws -> StoredJob {
-        guard name == .accounts else {
-            throw MoveError(.invalid, "moving \(name.rawValue) ranges is not built yet: only accounts ranges move (directory ranges stay where `ctl init` put them)")
-        }
         guard let stored = try await store.loadMap(name) else {
             throw MoveError(.invalid, "the cluster is not initialised: run `shardbank ctl init` first")
         }
@@ -132,9 +129,16 @@ public struct RangeMover: Sendable {
             throw MoveError(.invalid, "job \(id): \(error.message)")
         }
         let start = (machine, action)
+        // A directory move picks the opening decisions keyed into the range by its bounds: they
+        // come from the map (a range in a job is not split meanwhile).
+        guard let name = MetadataKeys.MapName(rawValue: job.record.map ?? ""), let shard = try await store.loadMap(name)?.map.range(id: job.record.range ?? "") else {
+            throw MoveError(.conflict, "job \(id): the \(job.record.map ?? "?") map has no range \(job.record.range ?? "?") any more")
+        }
+        let bounds = MoveSpec.KeyBounds(lower: shard.lowerBound, upper: shard.upperBound)
         let ownership = JobOwnership(store: store, id: id, leaseTTL: options.leaseTTL, claimWait: options.claimWait ?? .seconds(options.leaseTTL + 1))
         return try await ownership.run { owner in
             var run = Run(mover: self, job: job, owner: owner)
+            run.spec.keyBounds = bounds
             var machine = start.0
             return try await run.drive(&machine, start.1)
         }
@@ -293,7 +297,7 @@ private struct Run {
             // A branch prepared before capture released its share lock at PREPARE: it may still
             // commit a change that the copy does not see and the log does not hold. Wait for it.
             try await waitForPrepared()
-            job.record.rows.total = try await onSource { try await MoveSQL.rowCount($0, range: spec.range) }
+            job.record.rows.total = try await onSource { try await RangeContent.rowCount($0, spec) }
             // Every posting or decision the copy's snapshots miss was made after capture began
             // (writes in flight then were waited for): catch-up reads history from ten seconds before.
             if job.record.captureCutoff == nil { job.record.captureCutoff = try await onSource { try await MoveSQL.historyCutoff($0) } }
@@ -305,9 +309,9 @@ private struct Run {
                 copiedAtStart = job.record.rows.copied
             }
             let chunkStarted = ContinuousClock.now
-            let ids = try await onSource { try await MoveSQL.keys($0, range: spec.range, after: after, limit: options.chunkSize) }
+            let ids = try await onSource { try await RangeContent.keys($0, spec, after: after, limit: options.chunkSize) }
             if !ids.isEmpty {
-                let kept = try await onBoth { s, t in try await MoveSQL.sync(ids, source: s, target: t, spec).kept }
+                let kept = try await onBoth { s, t in try await RangeContent.sync(ids, source: s, target: t, spec) }
                 job.record.rows.copied += Int64(kept)
             }
             let next = machine.chunkCopied(lastKey: ids.last, more: ids.count == options.chunkSize)
@@ -332,15 +336,16 @@ private struct Run {
             // look again before calling it a mismatch.
             for attempt in 1...3 {
                 let cutoff = try await onSource { try await MoveSQL.historyCutoff($0) }
-                async let source = onSource { try await MoveSQL.digest($0, range: spec.range, history: .before(cutoff)) }
-                let target = try await onTarget { try await MoveSQL.digest($0, range: spec.range, history: .before(cutoff)) }
+                try await onBoth { s, t in try await RangeContent.copyHistory(source: s, target: t, spec, window: .all) }
+                async let source = onSource { try await RangeContent.digest($0, spec, history: .before(cutoff)) }
+                let target = try await onTarget { try await RangeContent.digest($0, spec, history: .before(cutoff)) }
                 let same = try await source
                 if same.postings == target.postings && same.decisions == target.decisions {
                     historyCutoff = cutoff
                     try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }
-                guard let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
+                guard let difference = try await onBoth({ s, t in try await RangeContent.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
                     historyCutoff = cutoff
                     try await catchUpAfterComparing()
                     return machine.historyMatched()
@@ -368,10 +373,11 @@ private struct Run {
             // The rows, and the history since the cut-off compared before the freeze (all of it
             // when this runner took the job over after that comparison).
             let window: MoveSQL.HistoryWindow = historyCutoff.map { .since($0) } ?? .all
-            async let sourceDigest = onSource { try await MoveSQL.digest($0, range: spec.range, history: window) }
-            let targetDigest = try await onTarget { try await MoveSQL.digest($0, range: spec.range, history: window) }
+            try await onBoth { s, t in try await RangeContent.copyHistory(source: s, target: t, spec, window: window) }
+            async let sourceDigest = onSource { try await RangeContent.digest($0, spec, history: window) }
+            let targetDigest = try await onTarget { try await RangeContent.digest($0, spec, history: window) }
             if try await sourceDigest != targetDigest,
-               let difference = try await onBoth({ s, t in try await MoveSQL.difference(source: s, target: t, spec, history: window) }) {
+               let difference = try await onBoth({ s, t in try await RangeContent.difference(source: s, target: t, spec, history: window) }) {
                 throw MoveError(.mismatch, difference)
             }
             job.record.freeze.verifyMs = (ContinuousClock.now - started).wholeMilliseconds
@@ -427,7 +433,7 @@ private struct Run {
             return machine.published(conflict: false)
 
         case .cleanSourceChunk:
-            let removed = try await onSource { try await MoveSQL.cleanSourceChunk($0, spec, limit: options.chunkSize) }
+            let removed = try await onSource { try await RangeContent.cleanSourceChunk($0, spec, limit: options.chunkSize) }
             return machine.sourceChunkCleaned(more: removed == options.chunkSize)
 
         case .cleanDecisions:
@@ -447,13 +453,7 @@ private struct Run {
                 }
                 try await Task.sleep(for: .milliseconds(100))
             }
-            var after = ""
-            while true {
-                let (keys, last) = try await onBoth { s, t in try await MoveSQL.movedDecisions(s, t, target: spec.target, after: after, limit: 1000) }
-                try await onSource { try await MoveSQL.deleteDecisions($0, keys) }
-                guard let last else { break }
-                after = last
-            }
+            try await onBoth { s, t in try await RangeContent.deleteMovedDecisions(source: s, target: t, spec) }
             try await onSource { try await MoveSQL.retireSource($0, spec) }
             return machine.decisionsCleaned()
 
@@ -463,7 +463,7 @@ private struct Run {
             let target = try await onTarget { try await MoveSQL.ownership($0, map: spec.map, range: spec.range) }
             if target?.state == "active" { throw MoveError(.conflict, "\(spec.target) holds \(spec.range) active already: the move can only go forward") }
             try await onSource { try await MoveSQL.restoreSource($0, spec) }
-            while try await onBoth({ s, t in try await MoveSQL.undoTargetChunk(source: s, target: t, spec, limit: options.chunkSize) }) > 0 {}
+            while try await onBoth({ s, t in try await RangeContent.undoTargetChunk(source: s, target: t, spec, limit: options.chunkSize) }) > 0 {}
             try await onTarget { try await MoveSQL.retireTarget($0, spec) }
             return machine.stepDone()
 
@@ -482,7 +482,7 @@ private struct Run {
         for start in stride(from: 0, to: ids.count, by: options.chunkSize) {
             let chunk = Array(ids[start..<min(start + options.chunkSize, ids.count)])
             let since = job.record.captureCutoff
-            _ = try await onBoth { s, t in try await MoveSQL.sync(chunk, source: s, target: t, spec, since: since) }
+            _ = try await onBoth { s, t in try await RangeContent.sync(chunk, source: s, target: t, spec, since: since) }
         }
         try await onSource { try await MoveSQL.deleteChanges($0, changes.map(\.seq)) }
         return try await onSource { try await MoveSQL.pendingChanges($0, spec) }

@@ -9,7 +9,7 @@ import Sharding
 import Synchronization
 
 extension Ctl {
-    /// `ctl move`: one accounts range to another node, online.
+    /// `ctl move`: one range (accounts or directory) to another node, online.
     struct Move: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Move a range to another node while the bank runs.",
@@ -24,7 +24,9 @@ extension Ctl {
                 `ctl jobs cancel ID` (until the target has taken a write). One killed while the range \
                 cannot be written (frozen until the map is published) is rolled forward by a running \
                 `serve` within a few seconds. Exit 0 when done; 1 when the move was cancelled or \
-                stopped for an operator, with the reason. Only accounts ranges move for now.
+                stopped for an operator, with the reason. A directory range (see `ctl status`) \
+                moves the same way: its directory entries, and the decisions of the account openings \
+                whose idempotency key falls in it.
                 """)
 
         @OptionGroup var options: ConfigOptions
@@ -35,7 +37,7 @@ extension Ctl {
         @Option(help: "The node to move it to.")
         var to: String
 
-        @Option(help: ArgumentHelp("Copy at most this many account rows per second (default: no limit).", valueName: "n"))
+        @Option(help: ArgumentHelp("Copy at most this many rows (accounts, or directory entries) per second (default: no limit).", valueName: "n"))
         var maxRowsPerSecond: Int?
 
         @Option(help: ArgumentHelp("Seconds the source keeps the decision rows it gave away, after the map names the target (an in-doubt resolver may still ask the source for them).",
@@ -53,8 +55,9 @@ extension Ctl {
         func run() async throws {
             try await reportingErrors {
                 try await withMover(options, maxRowsPerSecond: maxRowsPerSecond, decisionGrace: .seconds(decisionGrace)) { mover in
-                    let job = try await mover.create(map: .accounts, range: range, to: to)
-                    FileHandle.standardError.write(Data("job \(job.record.id): moving accounts range \(range) from \(job.record.from ?? "?") to \(to)\n".utf8))
+                    let map: MetadataKeys.MapName = try await mover.store.loadMap(.directory)?.map.range(id: range) != nil ? .directory : .accounts
+                    let job = try await mover.create(map: map, range: range, to: to)
+                    FileHandle.standardError.write(Data("job \(job.record.id): moving \(map.rawValue) range \(range) from \(job.record.from ?? "?") to \(to)\n".utf8))
                     let record = try await mover.run(job.record.id)
                     try finish(record, json: json)
                 }

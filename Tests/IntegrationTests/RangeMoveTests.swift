@@ -448,14 +448,14 @@ struct RangeMoveTests {
         }
     }
 
-    @Test("refusals: an unknown range or node (listing the known ones), the owner as target, a range already in a job, a directory range")
+    @Test("refusals: an unknown range or node (listing the known ones), the owner as target (either map), a range already in a job")
     func refusals() async throws {
         try await withMoveFixture { f in
             let mover = f.mover()
             await #expect { _ = try await mover.create(map: .accounts, range: "a9", to: "node2") } throws: { "\($0)".contains("known: a1, a2, a3") }
             await #expect { _ = try await mover.create(map: .accounts, range: "a1", to: "node9") } throws: { "\($0)".contains("registered: node1, node2, node3") }
             await #expect { _ = try await mover.create(map: .accounts, range: "a1", to: "node1") } throws: { "\($0)".contains("on node1 already") }
-            await #expect { _ = try await mover.create(map: .directory, range: "d1", to: "node2") } throws: { "\($0)".contains("not built yet") }
+            await #expect { _ = try await mover.create(map: .directory, range: "d1", to: "node1") } throws: { "\($0)".contains("on node1 already") }
             let job = try await mover.create(map: .accounts, range: "a1", to: "node2")
             await #expect { _ = try await mover.create(map: .accounts, range: "a1", to: "node3") } throws: { "\($0)".contains(job.record.id) }
             await #expect { _ = try await mover.run("job-nosuch") } throws: { ($0 as? MoveError)?.code == .notFound }
