@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Online range moves with the CLI. Under 16 HTTP clients (half the transfers across nodes) a1 moves
-# node1 → node3 → node1 → node3 → node1: no client error, `ctl verify` clean. Then, with no load:
+# node1 → node3 → node1 → node3 → node1, then directory range d2 node2 → node1 → node2: no client
+# error, `ctl verify` clean. Then, with no load:
 # a `ctl move` killed -9 while copying is resumed by `ctl jobs resume`; one killed -9 while the
 # range is frozen is rolled forward by the demo's serve (writes to the range wait, then go to the new
 # node); one killed while catching up is undone by `ctl jobs cancel`. Bad input is refused.
 source "$(dirname "$0")/lib.sh"
-plan 15
+plan 17
 cluster_up
 
 owner() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'accounts' for r in m['ranges'] if r['id'] == '$1'][0]"; }
@@ -43,6 +44,23 @@ else
   bad "client errors during the moves" "$(tail -8 "$work/load.log")"
 fi
 out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after four moves under load: $(tail -1 <<<"$out")" || bad "ctl verify after the moves" "$out"
+
+# A directory range there and back under load: its entries and the openings keyed into it.
+downer() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'directory' for r in m['ranges'] if r['id'] == '$1'][0]"; }
+run_bg "$work/load-d.log" "$bin" bench --config "$config" --http --clients 16 --duration 20 --cross-node 0.5 --accounts-per-node 20
+loader=$bg_pid
+wait_for 60 grep -q running "$work/load-d.log"
+sleep 2
+outs=""
+out1=$("$bin" ctl move d2 --to node1 --config "$config" 2>&1) && [ "$(downer d2)" = node1 ] \
+  && out2=$("$bin" ctl move d2 --to node2 --config "$config" 2>&1) && [ "$(downer d2)" = node2 ] \
+  && ok "directory range d2 moved node2 → node1 → node2 under load: $(grep -ho 'window [0-9?]* ms' <<<"$out1$out2" | tr '\n' ' ')" \
+  || bad "directory moves under load" "$out1 $out2"
+wait "$loader"
+summary=$(grep "ledger http" "$work/load-d.log")
+out=$("$bin" ctl verify --config "$config" 2>&1)
+[ $? -eq 0 ] && [ -n "$summary" ] && grep -q " 0 errors" <<<"$summary" \
+  && ok "no client error while d2 moved, ctl verify clean: $(tail -1 <<<"$out")" || bad "client errors or verify after the directory moves" "$summary $out $(tail -5 "$work/load-d.log")"
 sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \([0-9.]*\) = .*/\1/p'; }
 before=$(sigma)
 
