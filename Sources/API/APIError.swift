@@ -63,6 +63,8 @@ public struct APIError: HTTPResponseError, Sendable {
             default:
                 return internalError(requestID: requestID)
             }
+        case let e as NodeRefused:
+            return e.registered ? APIError(.conflict, "node_not_healthy", e.message) : APIError(.unprocessableContent, "invalid_node", e.message)
         case let e as MoveError:
             switch e.code {
             case .notFound: return APIError(.notFound, "unknown_job", e.message)

@@ -19,8 +19,10 @@ public struct APIDependencies: Sendable {
     public var splitter: RangeSplitter?
     /// Served with the mover: rebalancing.
     public var rebalancer: Rebalancer?
+    /// Served with the mover: a node joins (`ctl add-node`'s work; ``NodeRefused`` when it may not).
+    public var addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)?
     public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil, splitter: RangeSplitter? = nil,
-                rebalancer: Rebalancer? = nil) {
+                rebalancer: Rebalancer? = nil, addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)? = nil) {
         self.bank = bank
         self.cache = cache
         self.health = health
@@ -28,7 +30,29 @@ public struct APIDependencies: Sendable {
         self.mover = mover
         self.splitter = splitter
         self.rebalancer = rebalancer
+        self.addNode = addNode
     }
+}
+
+/// A node to add, as `POST /v1/cluster/nodes` names it.
+public struct NodeRequest: Sendable, Hashable {
+    public var id: String
+    public var host: String
+    public var port: Int
+    public var database: String
+    public var tlsMode: String
+}
+
+/// Why a node was not added, said as the admission says it: `registered` when it was registered
+/// `joining` but its agent did not beat healthy in time (start the agent, then ask again).
+public struct NodeRefused: Error, Sendable, CustomStringConvertible {
+    public var registered: Bool
+    public var message: String
+    public init(registered: Bool, message: String) {
+        self.registered = registered
+        self.message = message
+    }
+    public var description: String { message }
 }
 
 /// A node's health as the API shows it.
@@ -110,7 +134,20 @@ struct RebalancePlanAnswer: Encodable {
 public enum BankRoutes {
     /// Range moves and jobs, with `http.admin_routes`: a move is recorded and answered 202; a
     /// `serve` (``MoveSupervisor``) runs it.
-    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?, rebalancer: Rebalancer?) {
+    static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?, rebalancer: Rebalancer?,
+                            addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)?) {
+        if let addNode {
+            // Waits for the node's agent to beat healthy (up to 15 s), as `ctl add-node` does.
+            router.post("/v1/cluster/nodes") { request, context -> Response in
+                let body = try await RequestBody.read(request, context: context, allowed: ["id", "host", "port", "database", "tls_mode"])
+                let port = try body.int64("port")
+                guard (1...65535).contains(port) else { throw APIError(.unprocessableContent, "invalid_field", "field \"port\" must be between 1 and 65535") }
+                let tlsMode = body.has("tls_mode") ? try body.string("tls_mode") : "disabled"
+                let node = try await addNode(NodeRequest(id: try body.string("id"), host: try body.string("host"), port: Int(port),
+                                                         database: try body.string("database"), tlsMode: tlsMode))
+                return try jsonResponse(node, status: .created)
+            }
+        }
         @Sendable func mapName(_ context: BasicRequestContext) throws -> MetadataKeys.MapName {
             let name = context.parameters.get("map") ?? ""
             guard let map = MetadataKeys.MapName(rawValue: name) else {
@@ -227,7 +264,7 @@ public enum BankRoutes {
                                             nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
                                             etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
         }
-        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter, rebalancer: deps.rebalancer) }
+        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter, rebalancer: deps.rebalancer, addNode: deps.addNode) }
         router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
             let id = context.parameters.get("id") ?? ""
             guard cache.snapshot.nodes[id] != nil else {

@@ -32,7 +32,12 @@ public struct NodeAdmission: Sendable {
     /// Why a node was not admitted, in a sentence that says what to do.
     public struct Refusal: Error, Sendable, CustomStringConvertible {
         public var description: String
-        init(_ description: String) { self.description = description }
+        /// The node was registered `joining`, but its agent did not beat healthy in time.
+        public var registered: Bool
+        init(_ description: String, registered: Bool = false) {
+            self.description = description
+            self.registered = registered
+        }
     }
 
     /// Checks the input, then admits the node; returns it as registered at the end (`active`).
@@ -74,7 +79,7 @@ public struct NodeAdmission: Sendable {
         try await store.register(node)
         progress("waiting up to \(wait) for \(id)'s agent to beat healthy")
         guard try await healthyBeat(store) else {
-            throw Refusal("\(id) is registered (joining) but no healthy heartbeat came within \(wait): start its agent (`shardbank agent --node \(id) --config FILE`), then run this command again")
+            throw Refusal("\(id) is registered (joining) but no healthy heartbeat came within \(wait): start its agent (`shardbank agent --node \(id) --config FILE`), then add the node again", registered: true)
         }
         node.state = .active
         try await store.register(node)

@@ -62,6 +62,9 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// A move's capture began after this time (the source's clock, ten seconds early): its catch-up
     /// reads only history made since.
     public var captureCutoff: String?
+    /// The history older than this (the source's clock) was compared equal before the freeze: the
+    /// freeze compares only what is newer, whichever runner does it.
+    public var comparedCutoff: String?
     /// `serve` for a job asked of the HTTP admin routes: any `serve` runs it (``MoveSupervisor``);
     /// nil for a job `ctl` runs in the foreground.
     public var runBy: String?
@@ -104,6 +107,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
         self.publishedAt = nil
         self.runBy = nil
         self.captureCutoff = nil
+        self.comparedCutoff = nil
         self.newRange = nil
         self.splitAt = nil
         self.phase = phase
@@ -128,7 +132,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
     enum CodingKeys: String, CodingKey {
         case id, kind, map, range, from, to, epoch, phase, parent, rows, freeze, error
         case rowsPerSecond = "rows_per_s", startedAt = "started_at", updatedAt = "updated_at"
-        case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at", runBy = "run_by", captureCutoff = "capture_cutoff"
+        case sourceEpoch = "source_epoch", sourceEpochBefore = "source_epoch_before", cursor, publishedAt = "published_at", runBy = "run_by", captureCutoff = "capture_cutoff", comparedCutoff = "compared_cutoff"
         case newRange = "new_range", splitAt = "split_at", cancelRequested = "cancel_requested"
         case tolerance, maxRangeRows = "max_range_rows"
     }

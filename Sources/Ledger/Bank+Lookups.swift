@@ -58,9 +58,12 @@ extension Bank {
         while true {
             let maps = try self.maps()
             let node = try maps.directory.range(for: key).node
+            // One snapshot: the entry and whether the range is served are read as of one moment.
             let (entry, service) = try await connections.withConnection(node) { c -> (AccountSQL.DirectoryEntry?, AccountSQL.DirectoryService) in
-                if let entry = try await AccountSQL.directory(c, id) { return (entry, .served) }
-                return (nil, try await AccountSQL.directoryService(c, key: key))
+                try await c.transaction(isolation: .repeatableRead) { c in
+                    if let entry = try await AccountSQL.directory(c, id) { return (entry, .served) }
+                    return (nil, try await AccountSQL.directoryService(c, key: key))
+                }
             }
             if service == .served { return entry }
             if service == .elsewhere, !refreshed {

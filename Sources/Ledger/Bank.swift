@@ -185,6 +185,7 @@ public final class Bank: Sendable {
         // The key's node must own the key's range (a stale map is refused there, as for any write).
         work[keyRange.node, default: []].append { c in
             try await AccountSQL.fence(c, map: "directory", range: keyRange.id, node: keyRange.node, key: DirectoryHash.key(forIdempotencyKey: key))
+            try await AccountSQL.logOpening(c, keyRange: keyRange.id, account: id)
         }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
                                       requestHash: hash, participants: work.keys.sorted(), attempt: attempt)

@@ -64,6 +64,16 @@ enum DirectoryMoveSQL {
         }
     }
 
+    /// The earliest opening keyed into the range that the ledger logged under capture (one second
+    /// early), in the source's clock: an opening's decision may commit long after it was written, so
+    /// the freeze copies the openings from then on too. Nil for none (or an accounts range).
+    static func firstLoggedOpening(_ s: MariaDBConnection, _ spec: MoveSpec) async throws -> String? {
+        guard RangeContent.isDirectory(spec) else { return nil }
+        return try await s.execute("""
+            SELECT DATE_FORMAT(MIN(changed_at) - INTERVAL 1 SECOND, '%Y-%m-%d %H:%i:%s.%f') AS t FROM range_changes WHERE map_name = 'openings' AND range_id = ?
+            """, [.string(spec.range)]).rows.first?.optionalString("t")
+    }
+
     /// Copies the source's opening decisions of the range in `window` to the target (a key the
     /// target holds for another request stops the move, naming it).
     static func copyOpenings(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws {

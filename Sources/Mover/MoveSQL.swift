@@ -310,8 +310,10 @@ enum MoveSQL {
                             [.string(spec.map), .string(spec.range)]).rows.first?.int64("n") ?? 0
     }
 
+    /// The range's log, with (a directory range) the openings the ledger logged into it.
     static func clearChanges(_ s: MariaDBConnection, _ spec: MoveSpec) async throws {
-        try await s.execute("DELETE FROM range_changes WHERE map_name = ? AND range_id = ?", [.string(spec.map), .string(spec.range)])
+        let maps = RangeContent.isDirectory(spec) ? [spec.map, "openings"] : [spec.map]
+        try await s.execute("DELETE FROM range_changes WHERE map_name IN (\(list(maps.count))) AND range_id = ?", maps.map { .string($0) } + [.string(spec.range)])
     }
 
     // MARK: freeze and switch

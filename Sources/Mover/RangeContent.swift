@@ -53,18 +53,28 @@ enum RangeContent {
 
     /// Deletes the source's decision rows that the move gave to the target (the caller waits until
     /// nothing prepared may still ask the source for them).
+    ///
+    /// Each delete share-locks the source's row, which must still be `moved` at the job's epoch: a
+    /// runner that slept through a takeover (and the range's move back) deletes nothing. With the
+    /// row gone, an earlier runner finished cleaning.
     static func deleteMovedDecisions(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec) async throws {
-        if isDirectory(spec) {
-            let keys = try await DirectoryMoveSQL.movedOpenings(s, t, spec)
+        guard try await MoveSQL.ownership(s, map: spec.map, range: spec.range) != nil else { return }
+        func delete(_ keys: [(String, String)]) async throws {
             for start in stride(from: 0, to: keys.count, by: 500) {
-                try await MoveSQL.deleteDecisions(s, Array(keys[start..<min(start + 500, keys.count)]))
+                try await s.transaction { c in
+                    _ = try await MoveSQL.checkSourceLocked(c, spec, state: "moved")
+                    try await MoveSQL.deleteDecisions(c, Array(keys[start..<min(start + 500, keys.count)]))
+                }
             }
+        }
+        if isDirectory(spec) {
+            try await delete(try await DirectoryMoveSQL.movedOpenings(s, t, spec))
             return
         }
         var after = ""
         while true {
             let (keys, last) = try await MoveSQL.movedDecisions(s, t, target: spec.target, after: after, limit: 1000)
-            try await MoveSQL.deleteDecisions(s, keys)
+            try await delete(keys)
             guard let last else { return }
             after = last
         }

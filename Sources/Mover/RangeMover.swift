@@ -131,14 +131,18 @@ public struct RangeMover: Sendable {
         let start = (machine, action)
         // A directory move picks the opening decisions keyed into the range by its bounds: they
         // come from the map (a range in a job is not split meanwhile).
-        guard let name = MetadataKeys.MapName(rawValue: job.record.map ?? ""), let shard = try await store.loadMap(name)?.map.range(id: job.record.range ?? "") else {
-            throw MoveError(.conflict, "job \(id): the \(job.record.map ?? "?") map has no range \(job.record.range ?? "?") any more")
+        var bounds = MoveSpec.KeyBounds(lower: .min, upper: nil)
+        if job.record.map == MetadataKeys.MapName.directory.rawValue, action != .none {
+            guard let shard = try await store.loadMap(.directory)?.map.range(id: job.record.range ?? "") else {
+                throw MoveError(.conflict, "job \(id): the directory map has no range \(job.record.range ?? "?") any more")
+            }
+            bounds = MoveSpec.KeyBounds(lower: shard.lowerBound, upper: shard.upperBound)
         }
-        let bounds = MoveSpec.KeyBounds(lower: shard.lowerBound, upper: shard.upperBound)
+        let keyBounds = bounds
         let ownership = JobOwnership(store: store, id: id, leaseTTL: options.leaseTTL, claimWait: options.claimWait ?? .seconds(options.leaseTTL + 1))
         return try await ownership.run { owner in
             var run = Run(mover: self, job: job, owner: owner)
-            run.spec.keyBounds = bounds
+            run.spec.keyBounds = keyBounds
             var machine = start.0
             return try await run.drive(&machine, start.1)
         }
@@ -156,8 +160,6 @@ private struct Run {
     var spec: MoveSpec
     var lastSaved = ContinuousClock.now
     var copyStarted: ContinuousClock.Instant?
-    /// The cut-off of the history compared before the freeze (the freeze compares what is newer).
-    var historyCutoff: String?
     var copiedAtStart: Int64 = 0
 
     init(mover: RangeMover, job: StoredJob, owner: String) {
@@ -341,12 +343,12 @@ private struct Run {
                 let target = try await onTarget { try await RangeContent.digest($0, spec, history: .before(cutoff)) }
                 let same = try await source
                 if same.postings == target.postings && same.decisions == target.decisions {
-                    historyCutoff = cutoff
+                    job.record.comparedCutoff = cutoff
                     try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }
                 guard let difference = try await onBoth({ s, t in try await RangeContent.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
-                    historyCutoff = cutoff
+                    job.record.comparedCutoff = cutoff
                     try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }
@@ -372,7 +374,12 @@ private struct Run {
             while try await catchUpPass() > 0 {}
             // The rows, and the history since the cut-off compared before the freeze (all of it
             // when this runner took the job over after that comparison).
-            let window: MoveSQL.HistoryWindow = historyCutoff.map { .since($0) } ?? .all
+            var window: MoveSQL.HistoryWindow = job.record.comparedCutoff.map { .since($0) } ?? .all
+            // An opening keyed into a directory range that committed after the comparison may have
+            // been written before its cut-off: the opening logged when, under capture.
+            if case .since(let cutoff) = window, let logged = try await onSource({ try await DirectoryMoveSQL.firstLoggedOpening($0, spec) }), logged < cutoff {
+                window = .since(logged)
+            }
             try await onBoth { s, t in try await RangeContent.copyHistory(source: s, target: t, spec, window: window) }
             async let sourceDigest = onSource { try await RangeContent.digest($0, spec, history: window) }
             let targetDigest = try await onTarget { try await RangeContent.digest($0, spec, history: window) }
@@ -442,6 +449,10 @@ private struct Run {
             if let published = job.record.publishedAt {
                 let left = options.decisionGrace - .milliseconds(Int64(Date().timeIntervalSince(published) * 1000))
                 if left > .zero { try await Task.sleep(for: left) }
+            }
+            // Slept: still ours? (The deletes are fenced on the source's row too.)
+            if try await mover.store.jobOwner(job.record.id) != owner {
+                throw MoveError(.superseded, "job \(job.record.id) is no longer owned by this runner; it stops")
             }
             // Only branches prepared before the switch can need the moved decisions: wait for the
             // ones there are now (new ones keep coming under load), not for a moment with none.

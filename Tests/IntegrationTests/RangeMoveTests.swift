@@ -36,7 +36,7 @@ final class MoveFixture: Sendable {
         var options = RangeMover.Options()
         options.chunkSize = 40
         options.decisionGrace = .milliseconds(300)
-        options.leaseTTL = 2
+        options.leaseTTL = 3
         configure(&options)
         return RangeMover(connections: connections, store: store, options: options, logger: testLogger)
     }
