@@ -19,10 +19,13 @@ public struct APIDependencies: Sendable {
     public var splitter: RangeSplitter?
     /// Served with the mover: rebalancing.
     public var rebalancer: Rebalancer?
+    /// Served with the mover: a node's ranges and history move away, then it is removed.
+    public var drainer: NodeDrainer?
     /// Served with the mover: a node joins (`ctl add-node`'s work; ``NodeRefused`` when it may not).
     public var addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)?
     public init(bank: Bank, cache: MetadataCache, health: NodeHealthMonitor, etcd: EtcdProbe, mover: RangeMover? = nil, splitter: RangeSplitter? = nil,
-                rebalancer: Rebalancer? = nil, addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)? = nil) {
+                rebalancer: Rebalancer? = nil, drainer: NodeDrainer? = nil, addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)? = nil) {
+        self.drainer = drainer
         self.bank = bank
         self.cache = cache
         self.health = health
@@ -135,7 +138,15 @@ public enum BankRoutes {
     /// Range moves and jobs, with `http.admin_routes`: a move is recorded and answered 202; a
     /// `serve` (``MoveSupervisor``) runs it.
     static func adminRoutes(_ router: Router<BasicRequestContext>, mover: RangeMover, splitter: RangeSplitter?, rebalancer: Rebalancer?,
-                            addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)?) {
+                            drainer: NodeDrainer?, addNode: (@Sendable (NodeRequest) async throws -> NodeInfo)?) {
+        if let drainer {
+            // `{}`: recorded for the serves (202); one of them runs it.
+            router.post("/v1/cluster/nodes/{id}/drain") { request, context -> Response in
+                _ = try await RequestBody.read(request, context: context, allowed: [])
+                let job = try await drainer.create(node: context.parameters.get("id") ?? "", runBy: "serve")
+                return try jsonResponse(job.record, status: .accepted)
+            }
+        }
         if let addNode {
             // Waits for the node's agent to beat healthy (up to 15 s), as `ctl add-node` does.
             router.post("/v1/cluster/nodes") { request, context -> Response in
@@ -264,7 +275,7 @@ public enum BankRoutes {
                                             nodes: s.nodes.values.sorted { $0.id < $1.id }, health: health.all().map(NodeHealthJSON.init),
                                             etcd: unreachable == nil ? "ok" : "unreachable", degraded_reason: unreachable), status: .ok)
         }
-        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter, rebalancer: deps.rebalancer, addNode: deps.addNode) }
+        if let mover = deps.mover { adminRoutes(router, mover: mover, splitter: deps.splitter, rebalancer: deps.rebalancer, drainer: deps.drainer, addNode: deps.addNode) }
         router.get("/v1/cluster/nodes/{id}/health") { _, context -> Response in
             let id = context.parameters.get("id") ?? ""
             guard cache.snapshot.nodes[id] != nil else {

@@ -106,7 +106,12 @@ public struct LedgerVerifier: Sendable {
 
     struct AccountRow: Sendable { var id: Int64; var balance: Int64; var range: String; var previousNodes: Set<String>; var node: String }
     struct DirectoryRow: Sendable { var id: Int64; var directoryRange: String; var dataNode: String; var dataRange: String; var previousNodes: Set<String>; var node: String }
-    struct PostingRow: Sendable { var transferID: String; var attempt: String; var account: Int64; var amount: Int64; var balanceAfter: Int64; var entry: Int64; var node: String }
+    struct PostingRow: Sendable {
+        var transferID: String; var attempt: String; var account: Int64; var amount: Int64; var balanceAfter: Int64; var entry: Int64; var node: String
+        /// `created_at` in microseconds: the order of an account's postings (a drain moves old
+        /// postings to the account's node, where they get new entry ids).
+        var micros: Int64 = 0
+    }
     struct DecisionRow: Sendable { var transferID: String; var attempt: String; var kind: String; var state: String; var from: Int64?; var to: Int64?; var amount: Int64; var node: String }
     struct OwnershipRow: Sendable { var map: String; var range: String; var lower: Int64; var upper: Int64?; var state: String; var node: String }
 
@@ -135,9 +140,10 @@ public struct LedgerVerifier: Sendable {
                         s.directory.append(DirectoryRow(id: try r.int64("account_id"), directoryRange: try r.string("directory_range"), dataNode: try r.string("data_node"),
                                                         dataRange: try r.string("data_range"), previousNodes: nodes(try r.string("previous_nodes")), node: node))
                     }
-                    for r in try await c.query("SELECT entry_id, transfer_id, attempt, account_id, amount, balance_after FROM journal" + only).rows {
+                    for r in try await c.query("SELECT entry_id, transfer_id, attempt, account_id, amount, balance_after, CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED) AS micros FROM journal" + only).rows {
                         s.postings.append(PostingRow(transferID: try r.string("transfer_id"), attempt: try r.string("attempt"), account: try r.int64("account_id"),
-                                                     amount: try r.minorUnits("amount"), balanceAfter: try r.minorUnits("balance_after"), entry: try r.int64("entry_id"), node: node))
+                                                     amount: try r.minorUnits("amount"), balanceAfter: try r.minorUnits("balance_after"), entry: try r.int64("entry_id"), node: node,
+                                                     micros: try r.int64("micros")))
                     }
                     for r in try await c.query("SELECT transfer_id, attempt, kind, state, from_account, to_account, amount FROM transfers" + (account == nil ? "" : " WHERE FALSE")).rows {
                         s.decisions.append(DecisionRow(transferID: try r.string("transfer_id"), attempt: try r.string("attempt"), kind: try r.string("kind"),
@@ -243,7 +249,7 @@ public struct LedgerVerifier: Sendable {
             if sum != Int128(row.balance) {
                 found.add(subject, "account \(id) holds \(money(row.balance)) but its postings on \(Set(postings.map(\.node)).sorted().joined(separator: ", ")) sum to \(Report.money(sum))")
             }
-            if let last = postings.filter({ $0.node == row.node }).max(by: { $0.entry < $1.entry }), last.balanceAfter != row.balance {
+            if let last = postings.filter({ $0.node == row.node }).max(by: { ($0.micros, $0.entry) < ($1.micros, $1.entry) }), last.balanceAfter != row.balance {
                 found.add(subject, "account \(id) holds \(money(row.balance)) but its last posting (\(last.transferID) on \(row.node)) left \(money(last.balanceAfter))")
             }
             let elsewhere = Set(postings.map(\.node)).subtracting([row.node])
@@ -312,6 +318,9 @@ public struct LedgerVerifier: Sendable {
             case "transfer": if let from = d.from, let to = d.to { expected = [from: -d.amount, to: d.amount] }
             case "withdraw": if let from = d.from { expected = [from: -d.amount] }
             case "deposit", "open": if let to = d.to { expected = [to: d.amount] }
+            case "rehome":
+                // A drain moved an account's history to its node: it posts nothing of its own.
+                if !postings.isEmpty { found.add(subject, "rehome \(id) has postings of its own") }
             default: found.add(subject, "transfer \(id) has a committed decision of unknown kind \(d.kind)")
             }
             let actual = Dictionary(postings.map { ($0.account, $0.amount) }, uniquingKeysWith: +)

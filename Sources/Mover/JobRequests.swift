@@ -19,7 +19,8 @@ public enum JobRequests {
             switch record.kind {
             case .move: allowed = MovePhase(rawValue: record.phase).map { $0.cancellable || $0 == .cancelling } ?? false
             case .split: allowed = SplitPhase(rawValue: record.phase).map { $0.cancellable || $0 == .cancelling } ?? false
-            case .drain, .rebalance: allowed = false
+            case .drain: allowed = true // a drain stops where it is; what moved stays moved
+            case .rebalance: allowed = false
             }
             guard allowed else {
                 throw MoveError(.invalid, record.kind == .rebalance ? "a rebalance is not cancelled: cancel its unfinished step (a job whose parent is \(id))"

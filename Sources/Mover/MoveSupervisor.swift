@@ -12,22 +12,25 @@ public struct MoveSupervisor: Service {
     let mover: RangeMover
     let splitter: RangeSplitter?
     let rebalancer: Rebalancer?
+    let drainer: NodeDrainer?
     let interval: Duration
     let logger: Logger
 
     /// `mover` should not wait for ownership (``RangeMover/Options/claimWait`` zero): another
     /// `serve` holding a job is simply left to it.
-    public init(mover: RangeMover, splitter: RangeSplitter? = nil, rebalancer: Rebalancer? = nil, interval: Duration = .seconds(1), logger: Logger) {
+    public init(mover: RangeMover, splitter: RangeSplitter? = nil, rebalancer: Rebalancer? = nil, drainer: NodeDrainer? = nil,
+                interval: Duration = .seconds(1), logger: Logger) {
         self.mover = mover
         self.splitter = splitter
         self.rebalancer = rebalancer
+        self.drainer = drainer
         self.interval = interval
         self.logger = logger
     }
 
     /// Whether a job is this supervisor's to take up (its owner key is checked by the claim).
     static func wants(_ job: JobRecord) -> Bool {
-        if job.kind == .rebalance { return !job.finished && job.runBy == "serve" && job.error == nil }
+        if job.kind == .rebalance || job.kind == .drain { return !job.finished && job.runBy == "serve" && job.error == nil }
         if job.kind == .split {
             guard let phase = SplitPhase(rawValue: job.phase), !phase.finished else { return false }
             return job.runBy == "serve" && job.error == nil
@@ -54,13 +57,16 @@ public struct MoveSupervisor: Service {
             logger.debug("move supervisor: jobs not readable", metadata: ["error": "\(error)"])
             return
         }
-        for job in jobs where Self.wants(job.record) && (job.record.kind == .move || job.record.kind == .split && splitter != nil || job.record.kind == .rebalance && rebalancer != nil) {
+        for job in jobs where Self.wants(job.record) && (job.record.kind == .move || job.record.kind == .split && splitter != nil || job.record.kind == .rebalance && rebalancer != nil
+                                                              || job.record.kind == .drain && drainer != nil) {
             guard (try? await mover.store.jobOwner(job.record.id)) == .some(nil) else { continue }
             logger.notice("move supervisor: taking up job", metadata: ["job": "\(job.record.id)", "phase": "\(job.record.phase)"])
             do {
                 let record: JobRecord
                 let command: RangeMover.Command = job.record.cancelRequested == true ? .cancel : .resume
-                if job.record.kind == .rebalance, let rebalancer {
+                if job.record.kind == .drain, let drainer {
+                    record = try await drainer.run(job.record.id, command)
+                } else if job.record.kind == .rebalance, let rebalancer {
                     record = try await rebalancer.run(job.record.id).job
                 } else if job.record.kind == .split, let splitter {
                     record = try await splitter.run(job.record.id, command)

@@ -69,7 +69,8 @@ struct AgentCommand: AsyncParsableCommand {
                 let beats = HeartbeatWhenRegistered(
                     options: .init(node: node, interval: .milliseconds(intervalMs), ttl: Int64(ttl), failuresBeforeRevoke: failures, version: shardBankVersion),
                     cache: cache, configuration: configuration, etcd: etcd, logger: logger)
-                let group = ServiceGroup(configuration: .init(services: [.init(service: cache), .init(service: registry), .init(service: resolver), .init(service: beats)],
+                let group = ServiceGroup(configuration: .init(services: [.init(service: cache), .init(service: registry), .init(service: resolver),
+                                                                         .init(service: beats, successTerminationBehavior: .gracefullyShutdownGroup)],
                                                               gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
                 logger.info("agent started", metadata: ["interval_ms": "\(intervalMs)", "ttl": "\(ttl)", "failures": "\(failures)"])
                 do {
@@ -128,6 +129,16 @@ private struct HeartbeatWhenRegistered: Service {
         database.readTimeout = 1
         database.writeTimeout = 1
         let agent = NodeAgent(options: options, etcd: etcd, keys: cache.store.keys, database: database, logger: logger)
-        try await agent.run()
+        // A drained node is marked removed: its agent has nothing left to watch, and exits (the
+        // service ends, and the group with it).
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await agent.run() }
+            group.addTask {
+                _ = try await cache.waitUntil { $0.nodes[node]?.state == .removed }
+                logger.notice("node \(node) is removed (drained): the agent exits")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 }

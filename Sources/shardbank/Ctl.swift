@@ -8,7 +8,7 @@ import Sharding
 struct Ctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Operator commands for a ShardBank cluster.",
-        subcommands: [Init.self, Status.self, Verify.self, XA.self, AddNode.self, Move.self, Split.self, Rebalance.self, Jobs.self])
+        subcommands: [Init.self, Status.self, Verify.self, XA.self, AddNode.self, Move.self, Split.self, Rebalance.self, Drain.self, Jobs.self])
 
     struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import ArgumentParser
 import ClusterMetadata
 import Foundation
 import Ledger
+import Logging
 import Mover
 import Moves
 import Sharding
@@ -176,6 +177,39 @@ extension Ctl {
         }
     }
 
+    /// `ctl drain`: a node's ranges and history move away, then it is removed.
+    struct Drain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Empty a storage node while the bank runs, then remove it from the cluster.",
+            discussion: """
+                Marks the node draining (it takes no new ranges), moves each of its ranges of both \
+                maps to the active node that holds the least (ordinary move jobs, listed by `ctl jobs` \
+                with the drain as parent), waits until no branch prepared elsewhere names it as commit \
+                point, then moves the history it keeps of accounts that left it by a crossing (their \
+                postings there and the decisions they are home of) to each account's node, one \
+                two-phase transaction per account that also takes the node out of the account's \
+                previous nodes. When the node holds nothing it is marked removed: every serve closes \
+                its pool and its agent exits. Runs in the foreground with progress on stderr; a killed \
+                drain is continued with `ctl jobs resume ID` (or stopped with `ctl jobs cancel ID`: the \
+                node stays draining, what moved stays moved). Refused: an unknown or removed node, the \
+                last active node. Exit 0 when the node is removed; 1 when the drain stopped, saying why.
+                """)
+
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "The node to drain (see `shardbank ctl status`).") var node: String
+        @Flag(help: "Print the final job record as JSON.") var json = false
+
+        func run() async throws {
+            try await reportingErrors {
+                try await withRunners(options) { runners in
+                    let job = try await runners.drainer.create(node: node)
+                    FileHandle.standardError.write(Data("job \(job.record.id): draining \(node)\n".utf8))
+                    try finish(try await runners.run(job.record.id, .resume), json: json)
+                }
+            }
+        }
+    }
+
     /// `ctl add-node`: a new storage node joins the running cluster.
     struct AddNode: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -303,6 +337,15 @@ private func finish(_ record: JobRecord, json: Bool) throws {
             print("job \(record.id): done in \(seconds) s — \(record.range ?? "") split at \(at) on \(record.from ?? ""): \(record.newRange ?? "") holds [\(at), …), \(record.rows.copied) rows looked at"
                   + ", narrowing lock wait \(record.freeze.lockWaitMs.map(String.init) ?? "?") ms, held \(record.freeze.windowMs.map(String.init) ?? "?") ms")
         }
+    case DrainPhase.done.rawValue where record.kind == .drain:
+        let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
+        if !json { print("job \(record.id): done in \(seconds) s — \(record.from ?? "") is removed; the history of \(record.rows.copied) account(s) moved off it") }
+    case DrainPhase.cancelled.rawValue where record.kind == .drain:
+        throw CLIError("job \(record.id) was cancelled: \(record.error ?? "no reason recorded")")
+    case "done" where record.kind == .rebalance:
+        if !json { print("job \(record.id): done") }
+    case _ where record.kind == .drain || record.kind == .rebalance:
+        throw CLIError("job \(record.id) stopped in \(record.phase): \(record.error ?? "no reason recorded"). Continue it with `shardbank ctl jobs resume \(record.id)`")
     case MovePhase.done.rawValue:
         let seconds = Int(record.updatedAt.timeIntervalSince(record.startedAt).rounded())
         if !json {
@@ -340,11 +383,22 @@ private func withStore<T>(_ options: ConfigOptions, _ body: (MetadataStore) asyn
 private struct Runners {
     let mover: RangeMover
     let splitter: RangeSplitter
+    let logger: Logger
+
+    var drainer: NodeDrainer { NodeDrainer(mover: mover, logger: logger) }
 
     /// Runs job `id` with the runner of its kind.
     func run(_ id: String, _ command: RangeMover.Command) async throws -> JobRecord {
         guard let job = try await mover.store.job(id) else { throw MoveError(.notFound, "there is no job \(id); `shardbank ctl jobs` lists them") }
-        return job.record.kind == .split ? try await splitter.run(id, command) : try await mover.run(id, command)
+        let told: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        switch job.record.kind {
+        case .split: return try await splitter.run(id, command)
+        case .drain: return try await drainer.run(id, command, told: told)
+        case .rebalance:
+            if command == .cancel { throw MoveError(.invalid, "a rebalance is not cancelled: cancel its unfinished step (a job whose parent is \(id))") }
+            return try await Rebalancer(mover: mover, splitter: splitter, logger: logger).run(id, told: told).job
+        case .move: return try await mover.run(id, command)
+        }
     }
 }
 
@@ -376,7 +430,8 @@ private func withRunners(_ options: ConfigOptions, maxRowsPerSecond: Int? = nil,
         }
         let bar = ProgressLine()
         let runners = Runners(mover: RangeMover(connections: connections, store: store, options: moverOptions, logger: logger) { bar.show($0) },
-                              splitter: RangeSplitter(connections: connections, store: store, options: splitterOptions, logger: logger) { bar.show($0) })
+                              splitter: RangeSplitter(connections: connections, store: store, options: splitterOptions, logger: logger) { bar.show($0) },
+                              logger: logger)
         do {
             try await body(runners)
             bar.end()

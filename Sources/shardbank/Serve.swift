@@ -51,12 +51,25 @@ struct Serve: AsyncParsableCommand {
             splitterOptions.claimWait = .zero
             let splitter = RangeSplitter(connections: runtime.connections, store: runtime.store, options: splitterOptions, logger: logger)
             let rebalancer = Rebalancer(mover: mover, splitter: splitter, logger: logger)
-            let supervisor = MoveSupervisor(mover: mover, splitter: splitter, rebalancer: rebalancer, logger: logger)
+            let drainer = NodeDrainer(mover: mover, logger: logger)
+            let supervisor = MoveSupervisor(mover: mover, splitter: splitter, rebalancer: rebalancer, drainer: drainer, logger: logger)
+            let store = runtime.store
+            // `ctl add-node`'s admission, for `POST /v1/cluster/nodes` (waits up to 15 s for the agent).
+            let admit: @Sendable (NodeRequest) async throws -> NodeInfo = { request in
+                do {
+                    return try await NodeAdmission(id: request.id, host: request.host, port: request.port, database: request.database, tlsMode: request.tlsMode)
+                        .run(configuration: configuration, store: store, logger: logger, progress: { logger.info("add-node: \($0)") })
+                } catch let refusal as NodeAdmission.Refusal {
+                    throw NodeRefused(registered: refusal.registered, message: refusal.description)
+                }
+            }
             let app = Application(
                 router: BankRoutes.router(APIDependencies(bank: runtime.bank, cache: runtime.cache, health: health, etcd: probe,
                                                           mover: configuration.adminRoutes ? mover : nil,
                                                           splitter: configuration.adminRoutes ? splitter : nil,
-                                                          rebalancer: configuration.adminRoutes ? rebalancer : nil)),
+                                                          rebalancer: configuration.adminRoutes ? rebalancer : nil,
+                                                          drainer: configuration.adminRoutes ? drainer : nil,
+                                                          addNode: configuration.adminRoutes ? admit : nil)),
                 configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "shardbank"),
                 services: runtime.services + [resolver, probe, supervisor],
                 logger: logger)

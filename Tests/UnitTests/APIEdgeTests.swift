@@ -92,6 +92,22 @@ struct APIEdgeTests {
         }
     }
 
+    @Test("adding a node: missing fields, a port outside 1–65535 and unknown fields are 422 before anything is asked; the admission's refusal is 422 invalid_node, a node registered without a healthy beat 409 node_not_healthy; a drain's body takes no field")
+    func nodeRoutesInput() async throws {
+        let missing = try await Self.post("/v1/cluster/nodes", #"{"id":"node4","host":"127.0.0.1","database":"bank_db"}"#)
+        #expect(missing.status == 422 && missing.code == "missing_field")
+        let port = try await Self.post("/v1/cluster/nodes", #"{"id":"node4","host":"127.0.0.1","port":70000,"database":"bank_db"}"#)
+        #expect(port.status == 422 && port.code == "invalid_field")
+        let unknown = try await Self.post("/v1/cluster/nodes", #"{"id":"node4","host":"h","port":3306,"database":"d","password":"x"}"#)
+        #expect(unknown.status == 422 && unknown.code == "unknown_field")
+        let refused = try await Self.post("/v1/cluster/nodes", #"{"id":"node4","host":"h","port":3306,"database":"d"}"#)
+        #expect(refused.status == 422 && refused.code == "invalid_node" && refused.message == "refused node4")
+        let slow = try await Self.post("/v1/cluster/nodes", #"{"id":"slow","host":"h","port":3306,"database":"d","tls_mode":"required"}"#)
+        #expect(slow.status == 409 && slow.code == "node_not_healthy")
+        let drain = try await Self.post("/v1/cluster/nodes/node1/drain", #"{"force":true}"#)
+        #expect(drain.status == 422 && drain.code == "unknown_field")
+    }
+
     // MARK: body limits
 
     @Test("a body over 64 KiB is a 413 body_too_large naming the limit, not a 503 retry")

@@ -6,6 +6,11 @@ import Ledger
 import Logging
 import Mover
 
+/// Stands in for `ctl add-node`'s admission: refuses as it would (`slow`: registered, no healthy beat).
+@Sendable func refuseNode(_ request: NodeRequest) async throws -> NodeInfo {
+    throw NodeRefused(registered: request.id == "slow", message: "refused \(request.id)")
+}
+
 /// Runs `body` with the API's router over a bank and metadata that reach nothing (etcd at a closed
 /// port, no nodes): for tests of what the edge answers before any storage is asked.
 func withOfflineRouter<T>(logger: Logger, adminRoutes: Bool = true, _ body: (Router<BasicRequestContext>) async throws -> T) async throws -> T {
@@ -18,7 +23,9 @@ func withOfflineRouter<T>(logger: Logger, adminRoutes: Bool = true, _ body: (Rou
     let rebalancer = Rebalancer(mover: mover, splitter: splitter, logger: logger)
     let router = BankRoutes.router(APIDependencies(bank: bank, cache: cache, health: NodeHealthMonitor(cache: cache),
                                                    etcd: EtcdProbe(etcd: etcd, key: "/x", logger: logger), mover: adminRoutes ? mover : nil,
-                                                   splitter: adminRoutes ? splitter : nil, rebalancer: adminRoutes ? rebalancer : nil))
+                                                   splitter: adminRoutes ? splitter : nil, rebalancer: adminRoutes ? rebalancer : nil,
+                                                   drainer: adminRoutes ? NodeDrainer(mover: mover, logger: logger) : nil,
+                                                   addNode: adminRoutes ? refuseNode : nil))
     do {
         let result = try await body(router)
         try await etcd.shutdown()
