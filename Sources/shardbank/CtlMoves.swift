@@ -197,11 +197,18 @@ extension Ctl {
 
         @OptionGroup var options: ConfigOptions
         @Argument(help: "The node to drain (see `shardbank ctl status`).") var node: String
+        @Option(help: ArgumentHelp("Seconds each range's old node keeps the decision rows it gave away, after the map names the new node (an in-doubt resolver may still ask it for them).",
+                                   valueName: "seconds"))
+        var decisionGrace = 30
         @Flag(help: "Print the final job record as JSON.") var json = false
+
+        func validate() throws {
+            guard (5...3600).contains(decisionGrace) else { throw ValidationError("--decision-grace must be between 5 and 3600 seconds") }
+        }
 
         func run() async throws {
             try await reportingErrors {
-                try await withRunners(options) { runners in
+                try await withRunners(options, decisionGrace: .seconds(decisionGrace)) { runners in
                     let job = try await runners.drainer.create(node: node)
                     FileHandle.standardError.write(Data("job \(job.record.id): draining \(node)\n".utf8))
                     try finish(try await runners.run(job.record.id, .resume), json: json)
