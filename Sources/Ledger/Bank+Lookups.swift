@@ -19,7 +19,7 @@ extension Bank {
                 try? await refreshMaps()
                 maps = try self.maps()
             }
-            if let hint = locations.withLock({ $0[id]?.node }),
+            if let hint = locations.withLock({ $0[id]?.node }), connections.nodes.contains(hint),
                let row = try await connections.withConnection(hint, { try await AccountSQL.read($0, id) }) {
                 return (row, hint)
             }
@@ -27,7 +27,13 @@ extension Bank {
                 throw LedgerError(.notFound, "account \(id) does not exist")
             }
             maps = try self.maps()
-            let node = Self.node(of: entry, maps: maps)
+            var node = Self.node(of: entry, maps: maps)
+            // A map naming a node this process has no pool for (removed by a drain) is behind.
+            if !connections.nodes.contains(node) {
+                try? await refreshMaps()
+                maps = try self.maps()
+                node = Self.node(of: entry, maps: maps)
+            }
             if let row = try await connections.withConnection(node, { try await AccountSQL.read($0, id) }) {
                 locations.withLock { $0[id] = Location(node: node, range: row.range) }
                 return (row, node)
@@ -58,6 +64,12 @@ extension Bank {
         while true {
             let maps = try self.maps()
             let node = try maps.directory.range(for: key).node
+            // A map naming a node this process has no pool for (removed by a drain) is behind.
+            if !connections.nodes.contains(node), !refreshed {
+                refreshed = true
+                try? await refreshMaps()
+                continue
+            }
             // One snapshot: the entry and whether the range is served are read as of one moment.
             let (entry, service) = try await connections.withConnection(node) { c -> (AccountSQL.DirectoryEntry?, AccountSQL.DirectoryService) in
                 try await c.transaction(isolation: .repeatableRead) { c in

@@ -37,6 +37,10 @@ extension Bank {
         case let e as MariaDBError where e.errorNumber == 1146: return .stale(.init(), cause: e)
         case let e as LedgerError where e.code == .aborted && e.underlying != nil:
             return try classify(e.underlying!)
+        // A node this process has no pool for any more (removed by a drain): the maps that named it
+        // are behind. Read them again (wrong shard) rather than answer "node unavailable".
+        case let e as LedgerError where e.code == .nodeUnavailable && e.node.map({ !connections.nodes.contains($0) }) == true:
+            return .stale(.init(wrongShard: true), cause: e)
         default: throw cause
         }
     }
@@ -54,7 +58,9 @@ extension Bank {
         let accounts = Set(changes.map(\.0))
         // Every account's place known (seen before, or read by the last try).
         func hints() -> [Int64: Location]? {
-            let known = locations.withLock { l in accounts.reduce(into: [Int64: Location]()) { $0[$1] = l[$1] } }
+            // A place on a node this process no longer has a pool for (removed by a drain) is no hint.
+            let served = Set(connections.nodes)
+            let known = locations.withLock { l in accounts.reduce(into: [Int64: Location]()) { $0[$1] = l[$1].flatMap { served.contains($0.node) ? $0 : nil } } }
             return known.count == accounts.count ? known : nil
         }
         var action = policy.start(allLocationsKnown: hints() != nil)

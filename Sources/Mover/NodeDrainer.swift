@@ -48,9 +48,22 @@ public struct NodeDrainer: Sendable {
         guard connections.nodes.contains(node) else {
             throw MoveError(.invalid, "no connection to \(node) here: its credentials are missing from the configuration (nodes.\(node))")
         }
+        // A move or split under way to or from the node would race the drain's own moves and the
+        // rehoming of its history (a move's copies on the node are not history to rehome).
+        if let busy = try await store.jobs().first(where: { !$0.record.finished && $0.record.kind != .drain && ($0.record.to == node || $0.record.from == node) }) {
+            throw MoveError(.conflict, "job \(busy.record.id) (\(busy.record.kind.rawValue) of \(busy.record.range ?? "?")) involves \(node) and has not ended: wait for it, or resume or cancel it, then drain")
+        }
         var record = JobRecord(id: JobRecord.newID(), kind: .drain, map: "nodes", range: node, from: node, phase: DrainPhase.draining.rawValue)
         record.runBy = runBy
-        do { return try await store.createJob(record) } catch { throw RangeMover.refusal(error) }
+        let created: StoredJob
+        do { created = try await store.createJob(record) } catch { throw RangeMover.refusal(error) }
+        // At once, not when a runner starts: from now on no move may pick the node as target.
+        if info.state == .active || info.state == .joining {
+            var draining = info
+            draining.state = .draining
+            try await store.register(draining)
+        }
+        return created
     }
 
     /// Runs drain job `id` until the node is removed, or the drain stops for an operator (its
@@ -146,9 +159,10 @@ private struct DrainRun {
                 try await advance()
             case .rehoming:
                 if let reason = try await rehome() { return try await stop(reason) }
+                // Removed before the record says done: a crash in between is resumed here again.
+                try await setState(.removed)
                 try await advance()
             case .done:
-                try await setState(.removed)
                 told("\(node) is removed: it holds nothing; its pools close and its agent exits")
                 return job.record
             case .cancelled:
@@ -192,7 +206,6 @@ private struct DrainRun {
             let map: MetadataKeys.MapName = next.map == "directory" ? .directory : .accounts
             let created = try await mover.create(map: map, range: next.range, to: next.to, runBy: job.record.runBy, parent: job.record.id)
             let ended = try await mover.run(created.record.id)
-            job.record.rows.copied += 1
             try await save()
             guard ended.phase == "done" else { return "its move \(ended.id) of \(next.map) range \(next.range) ended \(ended.phase): \(ended.error ?? "no reason recorded"); resume or cancel it, then resume this drain" }
         }
@@ -221,8 +234,10 @@ private struct DrainRun {
     func waitForPrepared() async throws -> String? {
         let deadline = ContinuousClock.now + drainer.options.preparedWait
         while true {
+            let (others, missing) = try await liveNodes()
+            if let missing { return missing }
             var naming: [String] = []
-            for other in connections.nodes {
+            for other in others {
                 let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
                 for xid in xids where BranchName.parse(xid)?.commitPoint == node { naming.append("\(other): \(xid.gtrid)") }
             }
@@ -234,24 +249,52 @@ private struct DrainRun {
         }
     }
 
+    /// Every registered node but the removed ones, each of which this process must reach: a node
+    /// it has no pool for could hold a branch naming the drained node, or an account naming it.
+    func liveNodes() async throws -> (nodes: [String], missing: String?) {
+        let live = try await store.nodes().filter { $0.state != .removed }.map(\.id).sorted()
+        if let missing = live.first(where: { !connections.nodes.contains($0) }) {
+            return (live, "no connection to \(missing) here (its credentials are missing from the configuration, or its pool is not open yet): the drain must see every node; resume it when it can")
+        }
+        return (live, nil)
+    }
+
     // MARK: history
 
     /// Rehomes every account the node holds history of, or that names it as a previous node, in
     /// id order after the record's cursor. Returns why it stopped, or nil when the node is empty.
     mutating func rehome() async throws -> String? {
-        var accounts = try await connections.withConnection(node) { try await RehomeSQL.accountsOn($0) }
-        for other in connections.nodes where other != node {
-            accounts.formUnion(try await connections.withConnection(other) { [node] in try await RehomeSQL.accountsNaming($0, node: node) })
+        // Only history is left to rehome: a range row (a move's copy on its way in included) means
+        // something still moves to or from the node.
+        let ranges = try await connections.withConnection(node) { c in
+            try await c.execute("SELECT map_name, range_id, state FROM range_ownership").rows.map { "\(try $0.string("map_name"))/\(try $0.string("range_id")) (\(try $0.string("state")))" }
         }
-        let ordered = accounts.filter { $0 > (job.record.cursor ?? Int64.min) }.sorted()
-        job.record.rows.total = job.record.rows.copied + Int64(ordered.count)
-        try await save()
-        if !ordered.isEmpty { told("moving the history of \(ordered.count) account(s) that left \(node) by a crossing") }
-        for account in ordered {
-            if let reason = try await rehome(account) { return reason }
-            job.record.cursor = account
-            job.record.rows.copied += 1
-            try await save(force: false)
+        guard ranges.isEmpty else { return "\(node) still holds ranges: \(ranges.joined(separator: ", ")); a move to or from it has not ended — finish or cancel it, then resume the drain" }
+        // Passes until nothing names the node: the first after the cursor (a resumed drain), then
+        // whole ones (an account a crossing planned before its rehoming named it again).
+        for pass in 0..<5 {
+            let (others, missing) = try await liveNodes()
+            if let missing { return missing }
+            var accounts = try await connections.withConnection(node) { try await RehomeSQL.accountsOn($0) }
+            for other in others where other != node {
+                accounts.formUnion(try await connections.withConnection(other) { [node] in try await RehomeSQL.accountsNaming($0, node: node) })
+            }
+            let ordered = accounts.filter { pass > 0 || $0 > (job.record.cursor ?? Int64.min) }.sorted()
+            if ordered.isEmpty && pass > 0 { break }
+            job.record.rows.total = job.record.rows.copied + Int64(ordered.count)
+            try await save()
+            if !ordered.isEmpty { told("moving the history of \(ordered.count) account(s) that left \(node) by a crossing") }
+            for account in ordered {
+                if let reason = try await rehome(account) { return reason }
+                job.record.cursor = account
+                job.record.rows.copied += 1
+                try await save(force: false)
+            }
+        }
+        for other in try await liveNodes().nodes where other != node {
+            if let named = try await connections.withConnection(other, { [node] in try await RehomeSQL.accountsNaming($0, node: node) }).min() {
+                return "account \(named) on \(other) still names \(node) as a previous node after five passes (crossings keep renaming it?); resume the drain"
+            }
         }
         try await connections.withConnection(node) { try await RehomeSQL.deleteAbortNotes($0) }
         let left = try await connections.withConnection(node) { try await RehomeSQL.leftovers($0) }

@@ -55,7 +55,9 @@ enum RehomeSQL {
         try await MoveSQL.upsert(c, table: "journal", columns: MoveSQL.journalColumns, rows: history.postings, update: "amount = amount")
         try await MoveSQL.checkDecisions(c, history.decisions, spec)
         try await MoveSQL.upsert(c, table: "transfers", columns: MoveSQL.decisionColumns, rows: history.decisions, update: "state = VALUES(state)")
-        try await c.execute("UPDATE account_info SET previous_nodes = \(without("previous_nodes")) WHERE account_id = ?", [.string(node), .int(account)])
+        // The version moves on: a crossing planned from the row as it was (its previous nodes
+        // naming the drained node) is refused and planned again.
+        try await c.execute("UPDATE account_info SET previous_nodes = \(without("previous_nodes")), row_version = row_version + 1 WHERE account_id = ?", [.string(node), .int(account)])
     }
 
     /// The directory node's part: the entry's range active here, the node out of its `previous_nodes`.

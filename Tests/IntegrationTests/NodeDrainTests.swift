@@ -53,6 +53,13 @@ struct NodeDrainTests {
             let before = try await f.verify()
             #expect(before.clean, "\(before.summary)")
 
+            // A router that saw two of node1's accounts there, and is idle through the drain.
+            let idleMaps = Shared(try await f.currentMaps())
+            let idle = Bank(connections: f.connections, maps: { idleMaps.value }, refreshMaps: { idleMaps.value = try await f.currentMaps() },
+                            nextAccountID: { -1 }, logger: testLogger)
+            #expect(try await idle.account(accounts[2].id).node == "node1")
+            #expect(try await idle.account(accounts[3].id).node == "node1")
+
             let stop = Shared(false)
             let acknowledged = Shared<[String]>([])
             let load = transferLoad(f.bank, accounts, stop: stop, acknowledged: acknowledged) { n in n % 9 == 0 ? money("12.00") : money("0.\(10 + n % 80)") }
@@ -97,6 +104,30 @@ struct NodeDrainTests {
             let statement = try await f.bank.entries(of: left1.id, limit: 1000, after: nil).entries
             #expect(statement.contains { $0.transferID == "dr-open-0" }, "the opening posting of an account that crossed away is gone")
             #expect(Set(statement.map(\.transferID)).count == statement.count)
+
+            // node1's pool closes (as the registry follower does for a removed node): the idle
+            // router's cached places on node1 are no hint any more; it reads and moves money.
+            _ = await f.connections.unregister(node: "node1")
+            do { #expect(try await idle.account(accounts[2].id).node != "node1") } catch { Issue.record("idle read: \(error)") }
+            do { _ = try await idle.transfer(from: accounts[3].id, to: accounts[2].id, amount: money("1.00"), idempotencyKey: "dr-after-removal") } catch { Issue.record("idle transfer: \(error)") }
+            for account in accounts {
+                do { _ = try await f.bank.account(account.id) } catch { Issue.record("read \(account.id): \(error)") }
+            }
+        }
+    }
+
+    @Test("a drain is refused while a move to or from the node has not ended, naming it; it goes ahead once that move is cancelled")
+    func refusedWhileAMoveRuns() async throws {
+        try await withMoveFixture { f in
+            _ = try await openAccounts(f.bank, count: 10, prefix: "dm")
+            let move = try await f.mover().create(map: .accounts, range: "a2", to: "node1")
+            let drainer = NodeDrainer(mover: f.mover(), logger: testLogger)
+            await #expect { _ = try await drainer.create(node: "node1") } throws: { "\($0)".contains(move.record.id) }
+            #expect(try await f.store.nodes().first { $0.id == "node1" }?.state == .active)
+            #expect(try await f.mover().run(move.record.id, .cancel).phase == "cancelled")
+            let record = try await drainer.run(try await drainer.create(node: "node1").record.id)
+            #expect(record.phase == "done", "\(record)")
+            #expect(try await f.verify().clean)
         }
     }
 
