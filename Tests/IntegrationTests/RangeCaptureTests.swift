@@ -190,8 +190,16 @@ struct RangeCaptureTests {
                 #expect(log == expected.mapValues { $0.sorted() }, "after \(step)")
             }
 
+            // An opening also notes itself on its key's node, under its key's directory range (the
+            // ledger writes that line, not a trigger: a move copies openings by it).
+            func opened(_ key: String, _ id: Int64) throws {
+                let k = try SeedLayout.directoryMap().range(for: DirectoryHash.key(forIdempotencyKey: key))
+                expected[k.node]!.append("openings/\(k.id)/\(id)")
+            }
+
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
             #expect(a.node == "node1" && a.range == "a1")
+            try opened("o-a", a.id)
             let da = try directoryRange(of: a.id)
             expected["node1"]!.append("accounts/a1/\(a.id)")
             expected[da.node]!.append("directory/\(da.id)/\(a.id)")
@@ -220,6 +228,7 @@ struct RangeCaptureTests {
             // C on node3, whose range a3 has capture off: only its directory entry is logged.
             let c = try await bank.openAccount(customerName: "C", balance: money("60000.00"), idempotencyKey: "o-c")
             #expect(c.node == "node3")
+            try opened("o-c", c.id)
             let dc = try directoryRange(of: c.id)
             expected[dc.node]!.append("directory/\(dc.id)/\(c.id)")
             try await expectLog("opening C")
@@ -232,6 +241,8 @@ struct RangeCaptureTests {
             // B and A2 on node1, both in a1: one transaction updating two rows logs each.
             let b = try await bank.openAccount(customerName: "B", balance: money("40.00"), idempotencyKey: "o-b")
             let a2 = try await bank.openAccount(customerName: "A2", balance: money("30.00"), idempotencyKey: "o-a2")
+            try opened("o-b", b.id)
+            try opened("o-a2", a2.id)
             for account in [b, a2] {
                 let d = try directoryRange(of: account.id)
                 expected["node1"]!.append("accounts/a1/\(account.id)")
