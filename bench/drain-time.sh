@@ -20,7 +20,7 @@ spare=$(python3 -c "import json; print([n['port'] for n in json.load(open('$dir/
 echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, crossed $crossed, decision grace $grace s"
 "$bin" ctl add-node node4 --host 127.0.0.1 --port "$spare" --config "$config" >/dev/null
 # Long enough for two moves of the range and the rehoming (a guess); what outlasts it runs without load.
-duration=$((90 + rows * 4 / 1000 + crossed / 20))
+duration=$((150 + rows * 6 / 1000 + crossed / 4))
 start_load "$rows" "$duration"
 for i in $(seq 1 "$crossed"); do
   id=$(curl -s -m 10 -X POST "$api/v1/accounts" -H 'Content-Type: application/json' -H "Idempotency-Key: drain-open-$i-$$" \
@@ -30,7 +30,10 @@ for i in $(seq 1 "$crossed"); do
 done
 sleep 10
 t0=$(date +%s.%N)
-"$bin" ctl drain node1 --config "$config" --decision-grace "$grace" --json >"$out/drain.json" 2>"$out/drain.err" || { echo "drain failed:"; cat "$out/drain.err"; exit 1; }
+# Its progress lines on stderr, each with the time it came (the phases' durations).
+"$bin" ctl drain node1 --config "$config" --decision-grace "$grace" --json >"$out/drain.json" \
+  2> >(while IFS= read -r line; do echo "$(date +%s.%N) $line"; done >"$out/drain.err") || { sleep 1; echo "drain failed:"; cat "$out/drain.err"; exit 1; }
+sleep 1
 t1=$(date +%s.%N)
 "$bin" ctl jobs --config "$config" --json >"$out/jobs.json"
 wait "$loader"
@@ -47,9 +50,15 @@ for j in jobs:
         f = j.get("freeze", {})
         print(f"  move of {j['map']} range {j['range']} {j['from']} → {j['to']}: {j['rows']['copied']} rows copied, "
               f"freeze window {f.get('window_ms')} ms, {j['phase']}")
+marks = []
 for line in open(out + "/drain.err"):
-    if "moving the history" in line or "phase" in line:
-        print("  " + line.strip())
+    at, _, text = line.strip().partition(" ")
+    if text.startswith("phase ") or text.startswith("moving "):
+        marks.append((float(at), text))
+previous = t0
+for at, text in marks:
+    print(f"  +{at - t0:6.1f} s (+{at - previous:5.1f}) {text}")
+    previous = at
 points = [json.loads(l) for l in open(out + "/timeline.jsonl") if l.strip()]
 lo, hi = t0 - started, t1 - started
 def mean_ops(a, b):
