@@ -288,6 +288,16 @@ enum MoveSQL {
         }
     }
 
+    /// Per accounts range this node holds `active`: its rows and how many distinct balances they
+    /// hold (a move's copies, `incoming` or `moved`, are not counted). Rebalances and drains plan from it.
+    static func activeRowsPerRange(_ c: MariaDBConnection) async throws -> [(range: String, rows: Int, balances: Int64)] {
+        try await c.execute("""
+            SELECT a.balance_range AS r, COUNT(*) AS n, COUNT(DISTINCT a.balance) AS d FROM account_info a
+            JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range AND o.state = 'active'
+            GROUP BY a.balance_range
+            """).rows.map { (try $0.string("r"), Int(try $0.int64("n")), try $0.int64("d")) }
+    }
+
     // MARK: catch-up
 
     /// Logged changes of the range, oldest first: (seq, account).

@@ -215,14 +215,8 @@ private struct DrainRun {
     func rowsPerRange(_ map: RangeMap) async throws -> [String: Int] {
         var rows: [String: Int] = [:]
         for owner in Set(map.ranges.map(\.node)).sorted() where connections.nodes.contains(owner) {
-            let counted = try await connections.withConnection(owner) { c in
-                try await c.execute("""
-                    SELECT a.balance_range AS r, COUNT(*) AS n FROM account_info a
-                    JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range AND o.state = 'active'
-                    GROUP BY a.balance_range
-                    """).rows.map { (try $0.string("r"), Int(try $0.int64("n"))) }
-            }
-            for (range, n) in counted where map.range(id: range)?.node == owner { rows[range] = n }
+            let counted = try await connections.withConnection(owner) { try await MoveSQL.activeRowsPerRange($0) }
+            for (range, n, _) in counted where map.range(id: range)?.node == owner { rows[range] = n }
         }
         return rows
     }
@@ -284,8 +278,10 @@ private struct DrainRun {
             job.record.rows.total = job.record.rows.copied + Int64(ordered.count)
             try await save()
             if !ordered.isEmpty { told("moving the history of \(ordered.count) account(s) that left \(node) by a crossing") }
+            // The maps once per pass (a try that finds them behind reads them again).
+            guard var maps = try await loadMaps() else { throw MoveError(.invalid, "the cluster is not initialised") }
             for account in ordered {
-                if let reason = try await rehome(account) { return reason }
+                if let reason = try await rehome(account, maps: &maps) { return reason }
                 job.record.cursor = account
                 job.record.rows.copied += 1
                 try await save(force: false)
@@ -307,13 +303,20 @@ private struct DrainRun {
     /// One account's history off the node, in a two-phase transaction: the account's node (commit
     /// point) receives it, the directory node forgets the node, the node deletes it. Tried again
     /// after a stale location or an abort; done when nothing is left to do.
-    func rehome(_ account: Int64) async throws -> String? {
+    func loadMaps() async throws -> (accounts: RangeMap, directory: RangeMap)? {
+        guard let accounts = try await store.loadMap(.accounts)?.map, let directory = try await store.loadMap(.directory)?.map else { return nil }
+        return (accounts, directory)
+    }
+
+    func rehome(_ account: Int64, maps: inout (accounts: RangeMap, directory: RangeMap)) async throws -> String? {
         var cause = "no try"
         for attempt in 0..<drainer.options.triesPerAccount {
-            if attempt > 0 { try await Task.sleep(for: .milliseconds(min(1000, 50 * (1 << min(attempt, 5))))) }
-            guard let accounts = try await store.loadMap(.accounts)?.map, let directory = try await store.loadMap(.directory)?.map else {
-                throw MoveError(.invalid, "the cluster is not initialised")
+            if attempt > 0 {
+                try await Task.sleep(for: .milliseconds(min(1000, 50 * (1 << min(attempt, 5)))))
+                guard let fresh = try await loadMaps() else { throw MoveError(.invalid, "the cluster is not initialised") }
+                maps = fresh
             }
+            let (accounts, directory) = maps
             let history = try await connections.withConnection(node) { try await RehomeSQL.history($0, of: account) }
             let directoryNode = try directory.range(for: DirectoryHash.key(forAccount: account)).node
             let entry = try await connections.withConnection(directoryNode) { c in

@@ -60,13 +60,7 @@ public struct Rebalancer: Sendable {
             guard connections.nodes.contains(node) else {
                 throw MoveError(.invalid, "no connection to \(node) here: its credentials are missing from the configuration (nodes.<id>)")
             }
-            let counted = try await connections.withConnection(node) { c in
-                try await c.execute("""
-                    SELECT a.balance_range AS r, COUNT(*) AS n, COUNT(DISTINCT a.balance) AS d FROM account_info a
-                    JOIN range_ownership o ON o.map_name = 'accounts' AND o.range_id = a.balance_range AND o.state = 'active'
-                    GROUP BY a.balance_range
-                    """).rows.map { (try $0.string("r"), Int(try $0.int64("n")), try $0.int64("d")) }
-            }
+            let counted = try await connections.withConnection(node) { try await MoveSQL.activeRowsPerRange($0) }
             for (range, n, distinct) in counted where stored.map.range(id: range)?.node == node {
                 rows[range] = n
                 if distinct < 2 { single.insert(range) }
