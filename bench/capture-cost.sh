@@ -5,6 +5,7 @@
 # installs them only for a move, and AFTER_SQL can install them: see docs/BENCHMARKS.md, "Schema v4"),
 # and used for any before/after of the hot path.
 # Usage: bench/capture-cost.sh BEFORE-BIN AFTER-BIN [SECONDS] [ROUNDS]   (defaults 15 and 3)
+# CLIENTS=N: concurrent clients of every run (default 16).
 # Per run: ops/s and, on the same-node run, node1's mariadbd CPU (utime+stime over the whole bench
 # command, account set-up included) per operation. Then, when the AFTER cluster has capture triggers on
 # account_info, they are dropped on every node and the same-node run repeated: what the rest costs.
@@ -43,8 +44,9 @@ run() { # NAME BIN DIR BENCH-ARGS…
   printf "%-24s %-48s load %5s  %s  node1 mariadbd %s µs CPU/op\n" "$name" "$*" "$load" "$(cut -d: -f2 <<<"$line" | xargs)" \
     "$(awk -v t="$((t1 - t0))" -v n="$ops" 'BEGIN { printf "%.0f", t * 10000 / n }')"
 }
-same=(--clients 16 --cross-node 0 --only-node node1)
-half=(--clients 16 --cross-node 0.5)
+clients=${CLIENTS:-16}
+same=(--clients "$clients" --cross-node 0 --only-node node1)
+half=(--clients "$clients" --cross-node 0.5)
 for r in $(seq 1 "$rounds"); do
   if (( r % 2 )); then order=(before after); else order=(after before); fi
   for which in "${order[@]}"; do

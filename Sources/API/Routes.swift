@@ -288,7 +288,8 @@ public enum BankRoutes {
             let name = try body.customerName("customer_name")
             let balance = try body.money("balance")
             guard balance.minorUnits >= 0 else { throw APIError(.unprocessableContent, "invalid_amount", "balance cannot be negative") }
-            let account = try await bank.openAccount(customerName: name, balance: balance, idempotencyKey: try idempotencyKey(request))
+            let account = try await bank.openAccount(customerName: name, balance: balance,
+                                                    idempotencyKey: try idempotencyKey(request, or: bank.freshKey(opening: balance)))
             return try jsonResponse(AccountJSON(account), status: .created)
         }
         router.get("/v1/accounts/{id}") { _, context -> Response in
@@ -299,7 +300,7 @@ public enum BankRoutes {
                 let id = try accountID(context)
                 let body = try await RequestBody.read(request, context: context, allowed: ["amount"])
                 let amount = try positiveAmount(body)
-                let key = try idempotencyKey(request)
+                let key = try idempotencyKey(request, or: bank.freshKey(home: id))
                 let result = positive
                     ? try await bank.deposit(id, amount: amount, idempotencyKey: key)
                     : try await bank.withdraw(id, amount: amount, idempotencyKey: key)
@@ -367,7 +368,7 @@ public enum BankRoutes {
             let to = try body.int64("to")
             guard from != to else { throw APIError(.unprocessableContent, "same_account", "from and to must be different accounts") }
             let amount = try positiveAmount(body)
-            let result = try await bank.transfer(from: from, to: to, amount: amount, idempotencyKey: try idempotencyKey(request))
+            let result = try await bank.transfer(from: from, to: to, amount: amount, idempotencyKey: try idempotencyKey(request, or: bank.freshKey(home: from)))
             return try jsonResponse(TransferJSON(transfer_id: result.transferID, state: "committed", from: from, to: to, amount: amount.description,
                                                  from_balance: result.balances[from]?.description, to_balance: result.balances[to]?.description,
                                                  replayed: result.replayed), status: .created)
@@ -414,9 +415,10 @@ public enum BankRoutes {
         return id
     }
 
-    /// The `Idempotency-Key` header (1–64 of `A–Z a–z 0–9 . _ : -`), or a fresh key when absent.
-    static func idempotencyKey(_ request: Request) throws -> String {
-        guard let key = request.headers[HTTPField.Name("Idempotency-Key")!] else { return UUID().uuidString.lowercased() }
+    /// The `Idempotency-Key` header (1–64 of `A–Z a–z 0–9 . _ : -`), or `fresh` when absent (the
+    /// ledger's: a random key it can claim on the node the request writes on anyway).
+    static func idempotencyKey(_ request: Request, or fresh: @autoclosure () -> String) throws -> String {
+        guard let key = request.headers[HTTPField.Name("Idempotency-Key")!] else { return fresh() }
         guard (1...64).contains(key.utf8.count), key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".:_-".contains($0)) }) else {
             throw APIError(.badRequest, "invalid_idempotency_key", "Idempotency-Key must be 1 to 64 characters of letters, digits, '.', ':', '_' or '-'")
         }

@@ -94,6 +94,13 @@ extension Bank {
                 }
             }
         }
+        // The key is claimed on its node: in the try's transaction there, or first, alone.
+        let claim = try KeyClaim(kind: kind, key: key, home: home, requestHash: hash, maps: maps)
+        if work[claim.node] != nil {
+            work[claim.node]!.insert({ c in try await KeyClaims.claim(claim, on: c) }, at: 0)
+        } else {
+            do { try await claimAlone(claim) } catch { return try classify(error) }
+        }
         var decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
         decision.attempt = attempt
         if let cause = try await commit(decision, work: work, commitPoint: homeNode) {

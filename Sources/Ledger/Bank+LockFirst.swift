@@ -24,10 +24,15 @@ extension Bank {
         let order = byNode.keys.sorted()
         let decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: order)
         let written = Mutex<[Int64: (location: Location, balance: Money)]>([:])
+        let claim = try KeyClaim(kind: kind, key: key, home: home, requestHash: hash, maps: maps)
 
         do {
+            // The key is claimed in the transaction of its node when the try writes there, else first,
+            // in a transaction of its own.
+            if byNode[claim.node] == nil { try await claimAlone(claim) }
             if order.count == 1 {
                 try await localTransaction(on: commitPoint, decision: decision) { c in
+                    if claim.node == commitPoint { try await KeyClaims.claim(claim, on: c) }
                     let part = try await self.lockedPart(c, node: commitPoint, key: key, attempt: decision.attempt, changes: changes, home: home,
                                                          decision: decision, maps: maps)
                     written.withLock { $0.merge(part) { $1 } }
@@ -36,6 +41,7 @@ extension Bank {
                 let branches = order.map { node in
                     let part = byNode[node]!
                     return TwoPhaseCommit.Branch(node: node) { c in
+                        if claim.node == node { try await KeyClaims.claim(claim, on: c) }
                         let done = try await self.lockedPart(c, node: node, key: key, attempt: decision.attempt, changes: part, home: home,
                                                              decision: nil, maps: maps)
                         written.withLock { $0.merge(done) { $1 } }
@@ -58,6 +64,17 @@ extension Bank {
         let seen = written.withLock { $0 }
         locations.withLock { l in l.merge(seen.mapValues(\.location)) { $1 } }
         return .done(MovementResult(transferID: key, balances: seen.mapValues(\.balance), replayed: false))
+    }
+
+    /// Claims a movement's key (``KeyClaims/claim(_:on:)``) in a local transaction of its own on the
+    /// key's node: for a try that writes nothing there. Before the try's own transaction, so that a
+    /// key of another request changes nothing.
+    func claimAlone(_ claim: KeyClaim) async throws {
+        try await connections.withConnection(claim.node) { c in
+            try await withTaskExecutorPreference(c.executor) {
+                try await c.transaction { c in _ = try await KeyClaims.claim(claim, on: c) }
+            }
+        }
     }
 
     /// The decision row of a lock-first attempt, fenced by bounds when `spans` names any (see

@@ -104,7 +104,8 @@ public final class Bank: Sendable {
     /// The decision row lives on the node owning the idempotency key's directory range
     /// (``DirectoryHash/key(forIdempotencyKey:)``), a participant of every opening: the key's earlier
     /// use is found there whatever balance, and so whatever node, the request names. (Movements keep
-    /// their decision on the home account's node, where the row they lock already is.)
+    /// their decision on the home account's node, where the row they lock already is, and claim
+    /// their key on the key's node: see ``KeyClaim``.)
     public func openAccount(customerName: String, balance: Money, idempotencyKey: String) async throws -> Account {
         try Self.validate(key: idempotencyKey)
         guard balance.minorUnits >= 0 else { throw LedgerError(.invalid, "an opening balance cannot be negative") }
@@ -182,9 +183,11 @@ public final class Bank: Sendable {
             try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
             try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
         }
-        // The key's node must own the key's range (a stale map is refused there, as for any write).
+        // The key's node must own the key's range (a stale map is refused there, as for any write);
+        // the key is claimed there, as a movement claims its key, so neither reuses the other's.
+        let claim = try KeyClaim(kind: "open", key: key, home: nil, requestHash: hash, maps: maps)
         work[keyRange.node, default: []].append { c in
-            try await AccountSQL.fence(c, map: "directory", range: keyRange.id, node: keyRange.node, key: DirectoryHash.key(forIdempotencyKey: key))
+            try await KeyClaims.claim(claim, on: c)
             try await AccountSQL.logOpening(c, keyRange: keyRange.id, account: id)
         }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,

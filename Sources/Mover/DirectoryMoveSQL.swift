@@ -3,10 +3,11 @@ import MariaDB
 import Sharding
 
 /// The SQL of a directory range's move: what the range holds on its node is its directory entries
-/// (`account_directory` rows labelled with it) and the decisions of the account openings whose
+/// (`account_directory` rows labelled with it), the decisions of the account openings whose
 /// idempotency key hashes into it (an opening keeps its decision on the key's directory node, so
-/// that a retry finds it whatever balance it names). Entries are copied and caught up by key as
-/// account rows are (the capture triggers log them); opening decisions are never changed once
+/// that a retry finds it whatever balance it names) and the claims of those keys (`key_claims`:
+/// every request claims its key there). Entries are copied and caught up by key as account rows
+/// are (the capture triggers log them); opening decisions and claims are never changed once
 /// written, so they are copied whole before the comparison and, inside the freeze, those written
 /// since its cut-off. Every step can run again, as ``MoveSQL``'s can.
 enum DirectoryMoveSQL {
@@ -46,17 +47,28 @@ enum DirectoryMoveSQL {
 
     // MARK: opening decisions
 
-    /// The opening decisions on a node whose key hashes into the range, in `window` (by the time
-    /// index for the last seconds; otherwise every opening, read in chunks by key).
-    static func openings(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
+    /// Rows of a node's table keyed by idempotency key: the opening decisions or the key claims.
+    private struct Keyed {
+        var table: String
+        var columns: String
+        var time: String
+        var filter: String
+
+        static let openings = Keyed(table: "transfers", columns: MoveSQL.decisionColumns, time: "created_at", filter: "kind = 'open'")
+        static let claims = Keyed(table: "key_claims", columns: claimColumns, time: "claimed_at", filter: "TRUE")
+    }
+
+    /// The rows of `keyed` on a node whose key hashes into the range, in `window` (by the time
+    /// index for the last seconds; otherwise every row, read in chunks by key).
+    private static func keyed(_ c: MariaDBConnection, _ keyed: Keyed, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
         func mine(_ r: MariaDBRow) throws -> Bool { spec.keyBounds.contains(DirectoryHash.key(forIdempotencyKey: try r.string("transfer_id"))) }
         if case .since(let t) = window {
-            return try await c.execute("SELECT \(MoveSQL.decisionColumns) FROM transfers FORCE INDEX (by_time) WHERE created_at >= '\(t)' AND kind = 'open'").rows.filter(mine)
+            return try await c.execute("SELECT \(keyed.columns) FROM \(keyed.table) FORCE INDEX (by_time) WHERE \(keyed.time) >= '\(t)' AND \(keyed.filter)").rows.filter(mine)
         }
         var found: [MariaDBRow] = []
         var after = ""
         while true {
-            let rows = try await c.execute("SELECT \(MoveSQL.decisionColumns) FROM transfers WHERE kind = 'open' AND transfer_id > ?\(window.condition("created_at")) ORDER BY transfer_id LIMIT 5000",
+            let rows = try await c.execute("SELECT \(keyed.columns) FROM \(keyed.table) WHERE \(keyed.filter) AND transfer_id > ?\(window.condition(keyed.time)) ORDER BY transfer_id LIMIT 5000",
                                            [.string(after)]).rows
             found += try rows.filter(mine)
             guard rows.count == 5000, let last = rows.last else { return found }
@@ -64,14 +76,98 @@ enum DirectoryMoveSQL {
         }
     }
 
-    /// The earliest opening keyed into the range that the ledger logged under capture (one second
-    /// early), in the source's clock: an opening's decision may commit long after it was written, so
-    /// the freeze copies the openings from then on too. Nil for none (or an accounts range).
+    /// The opening decisions on a node whose key hashes into the range, in `window`.
+    static func openings(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
+        try await keyed(c, .openings, spec, window: window)
+    }
+
+    // MARK: key claims
+
+    static let claimColumns = "transfer_id, kind, home_account, request_hash, claimed_at"
+
+    /// The key claims on a node whose key hashes into the range, in `window` (a claim is written
+    /// once and never changed: copied as the opening decisions are).
+    static func claims(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
+        try await keyed(c, .claims, spec, window: window)
+    }
+
+    /// Copies the source's claims of the range in `window` to the target. A key the target holds
+    /// claimed for another request stops the move, naming it: the copy would overwrite it.
+    static func copyClaims(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws {
+        let rows = try await claims(s, spec, window: window)
+        for start in stride(from: 0, to: rows.count, by: 1000) {
+            let batch = Array(rows[start..<min(start + 1000, rows.count)])
+            try await t.transaction { c in
+                try await MoveSQL.fenceTarget(c, spec)
+                let keys = try batch.map { try $0.string("transfer_id") }
+                var there: [String: String] = [:]
+                for r in try await c.execute("SELECT transfer_id, request_hash FROM key_claims WHERE transfer_id IN (\(MoveSQL.list(keys.count)))", keys.map { .string($0) }).rows {
+                    there[try r.string("transfer_id")] = try r.string("request_hash")
+                }
+                for r in batch {
+                    let key = try r.string("transfer_id")
+                    if let other = there[key], try other != r.string("request_hash") {
+                        throw MoveError(.mismatch, "idempotency key \(key.prefix(64)) is claimed on \(spec.target) for another request than on \(spec.source): the move would overwrite it")
+                    }
+                }
+                try await MoveSQL.upsert(c, table: "key_claims", columns: claimColumns, rows: batch, update: "transfer_id = transfer_id")
+            }
+        }
+    }
+
+    /// Those of `keys` that `c` holds claimed too.
+    static func claimed(_ keys: [String], on c: MariaDBConnection) async throws -> [String] {
+        var found: [String] = []
+        for start in stride(from: 0, to: keys.count, by: 500) {
+            let batch = Array(keys[start..<min(start + 500, keys.count)])
+            found += try await c.execute("SELECT transfer_id FROM key_claims WHERE transfer_id IN (\(MoveSQL.list(batch.count)))",
+                                         batch.map { .string($0) }).rows.map { try $0.string("transfer_id") }
+        }
+        return found
+    }
+
+    /// Deletes `keys`' claims on `c` (a transaction of the caller's, fenced), 500 a statement.
+    static func deleteClaims(_ c: MariaDBConnection, _ keys: [String]) async throws {
+        for start in stride(from: 0, to: keys.count, by: 500) {
+            let batch = Array(keys[start..<min(start + 500, keys.count)])
+            try await c.execute("DELETE FROM key_claims WHERE transfer_id IN (\(MoveSQL.list(batch.count)))", batch.map { .string($0) })
+        }
+    }
+
+    /// The source's claims of the range that the target holds too (the ones the move copied).
+    static func movedClaims(_ s: MariaDBConnection, _ t: MariaDBConnection, _ spec: MoveSpec) async throws -> [String] {
+        try await claimed(try await claims(s, spec, window: .all).map { try $0.string("transfer_id") }, on: t)
+    }
+
+    /// The earliest opening or key claim keyed into the range that the ledger logged under capture
+    /// and the comparison before the freeze did not cover (``loggedOpenings(_:_:)``), one second
+    /// early, in the source's clock: a branch may commit long after it was written (a claim's line
+    /// carries its `claimed_at`), so the freeze copies the openings and claims from then on too.
+    /// Nil for none (or an accounts range).
     static func firstLoggedOpening(_ s: MariaDBConnection, _ spec: MoveSpec) async throws -> String? {
         guard RangeContent.isDirectory(spec) else { return nil }
         return try await s.execute("""
             SELECT DATE_FORMAT(MIN(changed_at) - INTERVAL 1 SECOND, '%Y-%m-%d %H:%i:%s.%f') AS t FROM range_changes WHERE map_name = 'openings' AND range_id = ?
             """, [.string(spec.range)]).rows.first?.optionalString("t")
+    }
+
+    /// The lines of the range's openings and claims logged and committed now (their sequence
+    /// numbers). Read before the comparison's copy of the whole history: what they note is
+    /// committed, so that copy carries it, and ``forgetLoggedOpenings(_:_:)`` may drop them once the
+    /// comparison matched — else, under load, the earliest line would reach back to the start of the
+    /// capture and the freeze would copy every opening and claim since.
+    static func loggedOpenings(_ s: MariaDBConnection, _ spec: MoveSpec) async throws -> [Int64] {
+        guard RangeContent.isDirectory(spec) else { return [] }
+        return try await s.execute("SELECT seq FROM range_changes WHERE map_name = 'openings' AND range_id = ?", [.string(spec.range)]).rows.map { try $0.int64("seq") }
+    }
+
+    /// Drops the lines ``loggedOpenings(_:_:)`` read (only those: a line numbered between them may
+    /// belong to a branch that was not committed then).
+    static func forgetLoggedOpenings(_ s: MariaDBConnection, _ seqs: [Int64]) async throws {
+        for start in stride(from: 0, to: seqs.count, by: 1000) {
+            let batch = seqs[start..<min(start + 1000, seqs.count)]
+            try await s.execute("DELETE FROM range_changes WHERE map_name = 'openings' AND seq IN (\(MoveSQL.list(batch.count)))", batch.map { .int($0) })
+        }
     }
 
     /// Copies the source's opening decisions of the range in `window` to the target (a key the
@@ -108,14 +204,17 @@ enum DirectoryMoveSQL {
             var sum: UInt64 = 0
             let rows = try await openings(c, spec, window: history)
             for r in rows { sum ^= fingerprint(try openingText(r)) }
-            d.decisions = [String(rows.count), String(sum)]
+            var claimSum: UInt64 = 0
+            let claimRows = try await claims(c, spec, window: history)
+            for r in claimRows { claimSum ^= fingerprint(try claimText(r)) }
+            d.decisions = [String(rows.count), String(sum), String(claimRows.count), String(claimSum)]
             return d
         }
     }
 
     /// The first difference between the nodes' entries and opening decisions of the range.
     static func difference(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, history: MoveSQL.HistoryWindow) async throws -> String? {
-        func read(_ c: MariaDBConnection) async throws -> (entries: [Int64: String], openings: [String: String]) {
+        func read(_ c: MariaDBConnection) async throws -> (entries: [Int64: String], openings: [String: String], claims: [String: String]) {
             try await c.transaction(isolation: .repeatableRead) { c in
                 var entries: [Int64: String] = [:]
                 if history.withAccounts {
@@ -128,11 +227,13 @@ enum DirectoryMoveSQL {
                 for r in try await self.openings(c, spec, window: history) {
                     openings["\(try r.string("transfer_id"))\u{0}\(try r.string("attempt"))"] = try openingText(r)
                 }
-                return (entries, openings)
+                var claims: [String: String] = [:]
+                for r in try await self.claims(c, spec, window: history) { claims[try r.string("transfer_id")] = try claimText(r) }
+                return (entries, openings, claims)
             }
         }
-        let (se, so) = try await read(s)
-        let (te, to) = try await read(t)
+        let (se, so, sc) = try await read(s)
+        let (te, to, tc) = try await read(t)
         for (id, v) in se.sorted(by: { $0.key < $1.key }) where te[id] != v {
             return te[id] == nil ? "the directory entry of account \(id) is on \(spec.source) but not copied to \(spec.target)"
                 : "the directory entry of account \(id) differs between \(spec.source) and \(spec.target)"
@@ -145,7 +246,15 @@ enum DirectoryMoveSQL {
             return to[key] == nil ? "the opening decision of key \(id) is on \(spec.source) but not copied to \(spec.target)"
                 : "the opening decision of key \(id) differs between \(spec.source) and \(spec.target)"
         }
+        for (key, v) in sc.sorted(by: { $0.key < $1.key }) where tc[key] != v {
+            return tc[key] == nil ? "the claim of idempotency key \(key.prefix(64)) is on \(spec.source) but not copied to \(spec.target)"
+                : "the claim of idempotency key \(key.prefix(64)) differs between \(spec.source) and \(spec.target)"
+        }
         return nil
+    }
+
+    static func claimText(_ r: MariaDBRow) throws -> String {
+        [try r.string("transfer_id"), try r.string("kind"), try r.optionalInt64("home_account").map(String.init) ?? "-", try r.string("request_hash")].joined(separator: "|")
     }
 
     static func openingText(_ r: MariaDBRow) throws -> String {
@@ -195,7 +304,7 @@ enum DirectoryMoveSQL {
     }
 
     /// Undo on the target: a chunk of its copied entries removed, then (when none is left) the
-    /// opening decisions it holds that the source holds too. Returns how many entries it removed.
+    /// opening decisions and key claims it holds that the source holds too. Returns how many entries it removed.
     static func undoTargetChunk(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, limit: Int) async throws -> Int {
         let ids = try await t.execute("SELECT account_id FROM account_directory WHERE directory_range = ? ORDER BY account_id LIMIT \(limit)",
                                       [.string(spec.range)]).rows.map { try $0.int64("account_id") }
@@ -207,6 +316,13 @@ enum DirectoryMoveSQL {
                 try await t.transaction { c in
                     try await MoveSQL.fenceTarget(c, spec)
                     try await MoveSQL.deleteDecisions(c, batch)
+                }
+            }
+            let claimCopies = try await claimed(try await claims(t, spec, window: .all).map { try $0.string("transfer_id") }, on: s)
+            for start in stride(from: 0, to: claimCopies.count, by: 500) {
+                try await t.transaction { c in
+                    try await MoveSQL.fenceTarget(c, spec)
+                    try await deleteClaims(c, Array(claimCopies[start..<min(start + 500, claimCopies.count)]))
                 }
             }
             return 0

@@ -2,7 +2,8 @@ import MariaDB
 
 /// A move's steps on what a range holds, for either shard map: an accounts range holds account
 /// rows with their postings and the decisions they are home of (``MoveSQL``); a directory range
-/// holds directory entries and the decisions of the openings keyed into it (``DirectoryMoveSQL``).
+/// holds directory entries, the decisions of the openings keyed into it and the claims of those
+/// keys (``DirectoryMoveSQL``).
 enum RangeContent {
     static func isDirectory(_ spec: MoveSpec) -> Bool { spec.map == "directory" }
 
@@ -26,9 +27,12 @@ enum RangeContent {
     }
 
     /// History that the change log does not cover, copied before it is compared: a directory
-    /// range's opening decisions (an account's history goes with its row in ``sync(_:source:target:_:since:)``).
+    /// range's opening decisions and key claims (an account's history goes with its row in ``sync(_:source:target:_:since:)``).
     static func copyHistory(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws {
-        if isDirectory(spec) { try await DirectoryMoveSQL.copyOpenings(source: s, target: t, spec, window: window) }
+        if isDirectory(spec) {
+            try await DirectoryMoveSQL.copyOpenings(source: s, target: t, spec, window: window)
+            try await DirectoryMoveSQL.copyClaims(source: s, target: t, spec, window: window)
+        }
     }
 
     static func digest(_ c: MariaDBConnection, _ spec: MoveSpec, history: MoveSQL.HistoryWindow) async throws -> MoveSQL.Digest {
@@ -69,6 +73,13 @@ enum RangeContent {
         }
         if isDirectory(spec) {
             try await delete(try await DirectoryMoveSQL.movedOpenings(s, t, spec))
+            let claims = try await DirectoryMoveSQL.movedClaims(s, t, spec)
+            for start in stride(from: 0, to: claims.count, by: 500) {
+                try await s.transaction { c in
+                    _ = try await MoveSQL.checkSourceLocked(c, spec, state: "moved")
+                    try await DirectoryMoveSQL.deleteClaims(c, Array(claims[start..<min(start + 500, claims.count)]))
+                }
+            }
             return
         }
         var after = ""

@@ -338,17 +338,19 @@ private struct Run {
             // look again before calling it a mismatch.
             for attempt in 1...3 {
                 let cutoff = try await onSource { try await MoveSQL.historyCutoff($0) }
+                // Openings and claims logged and committed before the copy below are carried by it.
+                let logged = try await onSource { try await DirectoryMoveSQL.loggedOpenings($0, spec) }
                 try await onBoth { s, t in try await RangeContent.copyHistory(source: s, target: t, spec, window: .all) }
                 async let source = onSource { try await RangeContent.digest($0, spec, history: .before(cutoff)) }
                 let target = try await onTarget { try await RangeContent.digest($0, spec, history: .before(cutoff)) }
                 let same = try await source
-                if same.postings == target.postings && same.decisions == target.decisions {
-                    job.record.comparedCutoff = cutoff
-                    try await catchUpAfterComparing()
-                    return machine.historyMatched()
+                var difference: String?
+                if same.postings != target.postings || same.decisions != target.decisions {
+                    difference = try await onBoth { s, t in try await RangeContent.difference(source: s, target: t, spec, history: .before(cutoff)) }
                 }
-                guard let difference = try await onBoth({ s, t in try await RangeContent.difference(source: s, target: t, spec, history: .before(cutoff)) }) else {
+                guard let difference else {
                     job.record.comparedCutoff = cutoff
+                    try await onSource { try await DirectoryMoveSQL.forgetLoggedOpenings($0, logged) }
                     try await catchUpAfterComparing()
                     return machine.historyMatched()
                 }

@@ -93,7 +93,7 @@ enum RehomeSQL {
     static func leftovers(_ c: MariaDBConnection) async throws -> [String] {
         var left: [String] = []
         for (table, what) in [("account_info", "accounts"), ("account_directory", "directory entries"), ("journal", "postings"),
-                              ("transfers", "decision rows"), ("range_ownership", "ranges")] {
+                              ("transfers", "decision rows"), ("key_claims", "key claims"), ("range_ownership", "ranges")] {
             let n = try await c.execute("SELECT COUNT(*) AS n FROM \(table)").rows.first?.int64("n") ?? 0
             if n > 0 { left.append("\(n) \(what)") }
         }

@@ -6,20 +6,26 @@ import Moves
 import Sharding
 import Testing
 
-/// What a node holds of directory range `range`: entries, the opening decisions keyed into it
-/// (bounds from the seed map), and its ownership row's state.
-private func directoryFootprint(_ f: MoveFixture, _ node: String, _ range: String) async throws -> (entries: Int64, openings: Set<String>, state: String?) {
+/// What a node holds of directory range `range`: entries, the opening decisions and the key claims
+/// keyed into it (bounds from the seed map), and its ownership row's state.
+private func directoryFootprint(_ f: MoveFixture, _ node: String, _ range: String) async throws
+    -> (entries: Int64, openings: Set<String>, claims: Set<String>, state: String?) {
     let shard = seedMaps.directory.range(id: range)!
     return try await f.connections.withConnection(node) { c in
         let entries = try await c.execute("SELECT COUNT(*) AS n FROM account_directory WHERE directory_range = ?", [.string(range)]).rows[0].int64("n")
-        var openings = Set<String>()
-        for r in try await c.execute("SELECT transfer_id FROM transfers WHERE kind = 'open'").rows {
-            let key = try r.string("transfer_id")
-            let hash = DirectoryHash.key(forIdempotencyKey: key)
-            if hash >= shard.lowerBound && shard.upperBound.map({ hash < $0 }) ?? true { openings.insert(key) }
+        func keyed(_ sql: String) async throws -> Set<String> {
+            var keys = Set<String>()
+            for r in try await c.execute(sql).rows {
+                let key = try r.string("transfer_id")
+                let hash = DirectoryHash.key(forIdempotencyKey: key)
+                if hash >= shard.lowerBound && shard.upperBound.map({ hash < $0 }) ?? true { keys.insert(key) }
+            }
+            return keys
         }
+        let openings = try await keyed("SELECT transfer_id FROM transfers WHERE kind = 'open'")
+        let claims = try await keyed("SELECT transfer_id FROM key_claims")
         let state = try await c.execute("SELECT state FROM range_ownership WHERE map_name = 'directory' AND range_id = ?", [.string(range)]).rows.first?.string("state")
-        return (entries, openings, state)
+        return (entries, openings, claims, state)
     }
 }
 
@@ -44,7 +50,7 @@ private func openingLoad(_ bank: Bank, stop: Shared<Bool>, opened: Shared<[(key:
     }
 }
 
-@Suite("Directory range moves: entries and the opening decisions keyed into the range, with real nodes", .serialized)
+@Suite("Directory range moves: entries, and the opening decisions and key claims keyed into the range, with real nodes", .serialized)
 struct DirectoryMoveTests {
     @Test("a directory range moves under openings and under transfers that cross nodes (rewriting entries): verify clean during and after, every opening's retry replays, every acknowledged transfer committed, an old-map router reads and writes")
     func moveUnderLoad() async throws {
@@ -106,6 +112,18 @@ struct DirectoryMoveTests {
             }
             #expect(!keyedIntoD1.isEmpty)
             #expect(Set(keyedIntoD1).subtracting(target.openings).isEmpty, "openings keyed into d1 missing on node3: \(Set(keyedIntoD1).subtracting(target.openings).sorted())")
+            // Every key of d1 is claimed on node3 now, the openings' and the transfers' (some claimed
+            // while d1 was captured), and on node1 no more.
+            let transfersIntoD1 = acknowledged.value.filter { (try? seedMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: $0)).id) == "d1" }
+            #expect(!transfersIntoD1.isEmpty)
+            let unclaimed = Set(keyedIntoD1 + transfersIntoD1).subtracting(target.claims)
+            #expect(unclaimed.isEmpty, "keys of d1 not claimed on node3: \(unclaimed.sorted())")
+            #expect(source.claims.isEmpty, "node1 keeps \(source.claims.count) claims of d1")
+            // The claim moved with the range: the key of a transfer of d1 reused for another request is refused.
+            do {
+                let reused = try await f.bank.deposit(inD1[0].id, amount: money("1.00"), idempotencyKey: transfersIntoD1[0])
+                Issue.record("the key \(transfersIntoD1[0]) of a transfer was applied as a deposit after d1 moved (replayed: \(reused.replayed))")
+            } catch let error as LedgerError where error.code == .idempotencyConflict {}
 
             let after = try await f.verify()
             #expect(after.clean, "\(after.summary)")
@@ -160,8 +178,9 @@ struct DirectoryMoveTests {
             #expect(record.phase == "done", "\(record)")
             #expect(try await f.currentMaps().directory.range(id: "d1")?.node == "node2")
             let source = try await directoryFootprint(f, "node1", "d1")
-            #expect(source.entries == 0 && source.openings.isEmpty && source.state == nil)
-            #expect(!(try await directoryFootprint(f, "node2", "d1")).openings.isEmpty)
+            #expect(source.entries == 0 && source.openings.isEmpty && source.claims.isEmpty && source.state == nil)
+            let target = try await directoryFootprint(f, "node2", "d1")
+            #expect(!target.openings.isEmpty && target.claims == target.openings, "node2: openings \(target.openings.sorted()), claims \(target.claims.sorted())")
             if let whileStopped {
                 #expect(try await f.bank.openAccount(customerName: "while stopped", balance: money("0.00"), idempotencyKey: "dk-while-stopped").id == whileStopped.id)
             }
@@ -203,6 +222,40 @@ struct DirectoryMoveTests {
         }
     }
 
+    @Test("a movement's key claim keyed into the range that committed long after its claimed_at (after the comparison, before the freeze) is still carried: after the move the key is refused for another request, and the first replays")
+    func lateCommittedClaim() async throws {
+        try await withMoveFixture { f in
+            let accounts = try await openAccounts(f.bank, count: 10, prefix: "dq")
+            let key = try #require((0..<500).map { "dq-late-\($0)" }.first { (try? seedMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: $0)).id) == "d1" })
+            let done = Shared(false)
+            let mover = f.mover { options in
+                options.beforeStep = { phase in
+                    guard phase == .frozen, !done.value else { return }
+                    // Committed now; as if its claim had been written an hour ago (a statement or a
+                    // branch held up that long), and its log line with it.
+                    _ = try await f.bank.deposit(accounts[0].id, amount: money("1.00"), idempotencyKey: key)
+                    try await f.connections.withConnection("node1") { c in
+                        #expect(try await c.execute("SELECT COUNT(*) AS n FROM range_changes WHERE map_name = 'openings' AND range_id = 'd1' AND changed_at = (SELECT claimed_at FROM key_claims WHERE transfer_id = ?)", [.string(key)]).rows[0].int64("n") == 1,
+                                "the claim's log line carries its claimed_at")
+                        try await c.execute("UPDATE key_claims SET claimed_at = NOW(6) - INTERVAL 1 HOUR WHERE transfer_id = ?", [.string(key)])
+                        try await c.execute("UPDATE range_changes SET changed_at = NOW(6) - INTERVAL 1 HOUR WHERE map_name = 'openings' AND range_id = 'd1'")
+                    }
+                    done.value = true
+                }
+            }
+            let record = try await mover.run(try await mover.create(map: .directory, range: "d1", to: "node3").record.id)
+            #expect(record.phase == "done", "\(record)")
+            #expect(done.value)
+            #expect(try await directoryFootprint(f, "node3", "d1").claims.contains(key))
+            #expect(try await f.bank.deposit(accounts[0].id, amount: money("1.00"), idempotencyKey: key).replayed)
+            do {
+                _ = try await f.bank.deposit(accounts[1].id, amount: money("1.00"), idempotencyKey: key)
+                Issue.record("the key \(key) was applied to a second account after d1 moved")
+            } catch let error as LedgerError where error.code == .idempotencyConflict {}
+            #expect(try await f.verify().clean)
+        }
+    }
+
     @Test("a directory move cancelled after its copy leaves the source serving the range and the target with no copy; verify clean")
     func cancelled() async throws {
         try await withMoveFixture { f in
@@ -217,8 +270,8 @@ struct DirectoryMoveTests {
             #expect(record.phase == "cancelled", "\(record)")
             let target = try await directoryFootprint(f, "node2", "d1")
             let source = try await directoryFootprint(f, "node1", "d1")
-            #expect(target.entries == 0 && target.state == nil && target.openings.isEmpty, "node2 keeps \(target)")
-            #expect(source.state == "active" && source.entries == copied.entries && !source.openings.isEmpty)
+            #expect(target.entries == 0 && target.state == nil && target.openings.isEmpty && target.claims.isEmpty, "node2 keeps \(target)")
+            #expect(source.state == "active" && source.entries == copied.entries && !source.openings.isEmpty && source.claims == source.openings)
             #expect(try await f.currentMaps().directory.range(id: "d1")?.node == "node1")
             let after = try await f.verify()
             #expect(after.clean && after.balances == before.balances, "\(after.summary)")

@@ -20,6 +20,16 @@ private func outcome<T>(_ body: () async throws -> T) async -> Result<T, any Err
     do { return .success(try await body()) } catch { return .failure(error) }
 }
 
+/// The first key `prefix-N` that hashes into a directory range of `node` (where it is claimed).
+private func keyClaimed(on node: String, prefix: String) -> String {
+    var n = 0
+    while true {
+        let key = "\(prefix)-\(n)"
+        if (try? attackMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key)).node) == node { return key }
+        n += 1
+    }
+}
+
 /// Records an issue unless `answer` is an idempotency conflict; `applied` says what a success meant.
 private func expectConflict<T>(_ answer: Result<T, any Error>, sourceLocation: SourceLocation = #_sourceLocation, applied: (T) -> String) {
     switch answer {
@@ -49,21 +59,108 @@ struct ProtocolAttackTests {
         }
     }
 
-    /// A movement looks for an earlier use of its key only on the home account's nodes: the same key
-    /// used before for a request whose home is on another node is not seen, and both commit.
-    @Test("deposit: a key reused for another account on another node is refused, not applied a second time",
-          .disabled("known limit, issue 8 left open: a movement's key is checked on its home account's nodes only; refusing a key used with another home on another node needs a key registry on the hot path (docs/LEDGER.md, 'Limit')"))
+    /// A movement looked for an earlier use of its key only on the home account's nodes: the same
+    /// key used before for a request whose home is on another node was not seen, and both committed
+    /// (two decisions for one transfer id). Every request now claims its key on the key's own node.
+    /// The key's node is each node in turn: the claim is then made in the first request's
+    /// transaction, in the second's, or alone.
+    @Test("deposit: a key reused for another account on another node is refused, not applied a second time (the key's node: the first's, the second's, a third)")
     func depositReusedKeyOtherNode() async throws {
         try await withBank { _, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a") // node1
             let b = try await bank.openAccount(customerName: "B", balance: money("20000.00"), idempotencyKey: "open-b") // node2
             #expect(a.node == "node1" && b.node == "node2")
-            _ = try await bank.deposit(a.id, amount: money("5.00"), idempotencyKey: "dep-K")
-            expectConflict(await outcome({ try await bank.deposit(b.id, amount: money("5.00"), idempotencyKey: "dep-K") })) {
-                "key dep-K, already used for a deposit to \(a.id) on node1, was applied again to \(b.id) on node2 (replayed: \($0.replayed))"
+            for node in ["node1", "node2", "node3"] {
+                let key = keyClaimed(on: node, prefix: "dep-K")
+                _ = try await bank.deposit(a.id, amount: money("5.00"), idempotencyKey: key)
+                expectConflict(await outcome({ try await bank.deposit(b.id, amount: money("5.00"), idempotencyKey: key) })) {
+                    "key \(key) (claimed on \(node)), already used for a deposit to \(a.id) on node1, was applied again to \(b.id) on node2 (replayed: \($0.replayed))"
+                }
+                // The first request's retry still replays.
+                #expect(try await bank.deposit(a.id, amount: money("5.00"), idempotencyKey: key).replayed)
             }
+            #expect(try await bank.account(b.id).balance == money("20000.00"))
             let report = try await verify(connections)
             #expect(report.clean, "\(report.summary)")
+        }
+    }
+
+    @Test("transfer: a key reused for a transfer with the other home account (another node) is refused both ways; a movement's key used for an opening and an opening's for a movement are refused")
+    func transferReusedKeyOtherHome() async throws {
+        try await withBank { _, bank, connections in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a") // node1
+            let b = try await bank.openAccount(customerName: "B", balance: money("20000.00"), idempotencyKey: "open-b") // node2
+            for node in ["node1", "node2", "node3"] {
+                let ab = keyClaimed(on: node, prefix: "ab-K")
+                _ = try await bank.transfer(from: a.id, to: b.id, amount: money("1.00"), idempotencyKey: ab)
+                expectConflict(await outcome({ try await bank.transfer(from: b.id, to: a.id, amount: money("1.00"), idempotencyKey: ab) })) {
+                    "key \(ab) (claimed on \(node)) of a transfer from \(a.id) was applied again from \(b.id) (replayed: \($0.replayed))"
+                }
+                let ba = keyClaimed(on: node, prefix: "ba-K")
+                _ = try await bank.transfer(from: b.id, to: a.id, amount: money("2.00"), idempotencyKey: ba)
+                expectConflict(await outcome({ try await bank.transfer(from: a.id, to: b.id, amount: money("2.00"), idempotencyKey: ba) })) {
+                    "key \(ba) (claimed on \(node)) of a transfer from \(b.id) was applied again from \(a.id) (replayed: \($0.replayed))"
+                }
+                // An opening's key for a deposit, and a withdrawal's key for an opening.
+                let opened = keyClaimed(on: node, prefix: "op-K")
+                let c = try await bank.openAccount(customerName: "C", balance: money("7.00"), idempotencyKey: opened)
+                expectConflict(await outcome({ try await bank.deposit(b.id, amount: money("7.00"), idempotencyKey: opened) })) {
+                    "the key \(opened) of the opening of \(c.id) was applied as a deposit to \(b.id) (replayed: \($0.replayed))"
+                }
+                let withdrawn = keyClaimed(on: node, prefix: "wd-K")
+                _ = try await bank.withdraw(b.id, amount: money("3.00"), idempotencyKey: withdrawn)
+                expectConflict(await outcome({ try await bank.openAccount(customerName: "D", balance: money("3.00"), idempotencyKey: withdrawn) })) {
+                    "the key \(withdrawn) of a withdrawal from \(b.id) opened account \($0.id)"
+                }
+            }
+            #expect(try await bank.account(a.id).balance == money("103.00"))
+            #expect(try await bank.account(b.id).balance == money("19988.00"))
+            let report = try await verify(connections)
+            #expect(report.clean, "\(report.summary)")
+            // One claim per key, cluster-wide, on the key's node.
+            var claims: [String: [String]] = [:]
+            for node in ["node1", "node2", "node3"] {
+                for r in try await connections.withConnection(node, { try await $0.query("SELECT transfer_id FROM key_claims").rows }) {
+                    claims[try r.string("transfer_id"), default: []].append(node)
+                }
+            }
+            for (key, nodes) in claims {
+                #expect(nodes == [try attackMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key)).node], "key \(key) claimed on \(nodes)")
+            }
+            #expect(claims.count == 2 + 3 * 4, "claims: \(claims.keys.sorted())")
+        }
+    }
+
+    /// A claim on a third node costs a commit there and needs that node up; a key the ledger
+    /// chooses itself (a request without `Idempotency-Key`) is drawn so that it is claimed on the
+    /// node the request writes on anyway.
+    @Test("a key the ledger chooses is claimed on the node the request writes on: with node3 killed, movements on node1 and node2 and an opening on node1 go on; a client's key claimed on node3 is refused node_unavailable")
+    func freshKeysStayOnTheirNode() async throws {
+        try await withBank { cluster, bank, _ in
+            let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "open-a") // node1
+            let b = try await bank.openAccount(customerName: "B", balance: money("20000.00"), idempotencyKey: "open-b") // node2
+            func keyNode(_ key: String) throws -> String { try attackMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key)).node }
+            for account in [a, b] {
+                for _ in 0..<20 { #expect(try keyNode(bank.freshKey(home: account.id)) == account.node) }
+            }
+            #expect(try keyNode(bank.freshKey(opening: money("60000.00"))) == "node3")
+            #expect(try keyNode(bank.freshKey(opening: money("1.00"))) == "node1")
+            try cluster.kill("node3")
+            for _ in 0..<6 {
+                _ = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: bank.freshKey(home: a.id))
+                _ = try await bank.transfer(from: b.id, to: a.id, amount: money("1.00"), idempotencyKey: bank.freshKey(home: b.id))
+            }
+            _ = try await bank.openAccount(customerName: "C", balance: money("5.00"), idempotencyKey: bank.freshKey(opening: money("5.00")))
+            #expect(try await bank.account(a.id).balance == money("112.00"))
+            // The cost, said plainly: a client's key whose claim belongs on node3 waits for node3 —
+            // a retryable refusal (here, with no health view, after the retries: `aborted`; in
+            // `serve`, whose health view knows node3 is down, at once: `node_unavailable`).
+            let onNode3 = keyClaimed(on: "node3", prefix: "dep-down")
+            do {
+                _ = try await bank.deposit(a.id, amount: money("1.00"), idempotencyKey: onNode3)
+                Issue.record("a deposit whose key is claimed on the killed node3 succeeded")
+            } catch let error as LedgerError where error.code == .nodeUnavailable || error.code == .aborted {}
+            #expect(try await bank.account(a.id).balance == money("112.00"))
         }
     }
 

@@ -74,12 +74,12 @@ private func expectLockWaitTimeout(_ what: Comment, _ body: () async throws -> V
 
 @Suite("Schema v4: writes to a range with capture on are logged for a mover", .serialized)
 struct RangeCaptureTests {
-    @Test("a fresh node migrates to v5 (no trigger: a mover installs them; v5's time indexes); running it again, or again after a crash before the version row, changes nothing; the triggers install and go")
+    @Test("a fresh node migrates to v6 (no trigger: a mover installs them; v5's time indexes; v6's key claims); running it again, or again after a crash before the version row, changes nothing; the triggers install and go")
     func migrateTwice() async throws {
         try await withCluster(nodes: 1, etcd: 1) { cluster in
             try await withSession(cluster, "node1") { c in
-                #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5])
-                #expect(try await BankSchema.currentVersion(c) == 5)
+                #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5, 6])
+                #expect(try await BankSchema.currentVersion(c) == 6)
 
                 func schema() async throws -> [String] {
                     var lines: [String] = []
@@ -87,7 +87,7 @@ struct RangeCaptureTests {
                         SELECT table_name AS t, column_name AS c, column_type AS ty, is_nullable AS n, COALESCE(column_default, '-') AS d,
                                COALESCE(collation_name, '-') AS co, is_generated AS g, COALESCE(generation_expression, '-') AS e
                         FROM information_schema.columns WHERE table_schema = DATABASE()
-                          AND (table_name IN ('range_changes') OR (table_name, column_name) IN (('range_ownership', 'capture'), ('transfers', 'home_account')))
+                          AND (table_name IN ('range_changes', 'key_claims') OR (table_name, column_name) IN (('range_ownership', 'capture'), ('transfers', 'home_account')))
                         ORDER BY table_name, ordinal_position
                         """).rows {
                         lines.append(try ["t", "c", "ty", "n", "d", "co", "g", "e"].map { try r.string($0) }.joined(separator: " "))
@@ -95,7 +95,7 @@ struct RangeCaptureTests {
                     for r in try await c.query("""
                         SELECT table_name AS t, index_name AS i, GROUP_CONCAT(column_name ORDER BY seq_in_index) AS cols
                         FROM information_schema.statistics WHERE table_schema = DATABASE()
-                          AND table_name IN ('range_changes', 'transfers', 'account_info', 'journal') GROUP BY table_name, index_name ORDER BY table_name, index_name
+                          AND table_name IN ('range_changes', 'transfers', 'account_info', 'journal', 'key_claims') GROUP BY table_name, index_name ORDER BY table_name, index_name
                         """).rows {
                         lines.append("index \(try r.string("t")).\(try r.string("i")) (\(try r.string("cols")))")
                     }
@@ -121,6 +121,11 @@ struct RangeCaptureTests {
                     "index transfers.by_home (home_account)",
                     "index transfers.by_time (created_at)",
                     "index journal.by_time (created_at)",
+                    "key_claims transfer_id varchar(64) NO - utf8mb4_nopad_bin NEVER -",
+                    "key_claims home_account bigint(20) YES NULL - NEVER -",
+                    "key_claims claimed_at datetime(6) NO current_timestamp(6) - NEVER -",
+                    "index key_claims.PRIMARY (transfer_id)",
+                    "index key_claims.by_time (claimed_at)",
                 ] {
                     #expect(v4.contains(expected), "missing: \(expected)\nschema:\n\(v4.joined(separator: "\n"))")
                 }
@@ -197,6 +202,13 @@ struct RangeCaptureTests {
                 expected[k.node]!.append("openings/\(k.id)/\(id)")
             }
 
+            // A movement claims its key on the key's node and notes the claim there the same way
+            // (with its home account): a move copies claims by it.
+            func claimed(_ key: String, home: Int64) throws {
+                let k = try SeedLayout.directoryMap().range(for: DirectoryHash.key(forIdempotencyKey: key))
+                expected[k.node]!.append("openings/\(k.id)/\(home)")
+            }
+
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")
             #expect(a.node == "node1" && a.range == "a1")
             try opened("o-a", a.id)
@@ -207,6 +219,7 @@ struct RangeCaptureTests {
 
             _ = try await bank.deposit(a.id, amount: money("10.00"), idempotencyKey: "d1")
             expected["node1"]!.append("accounts/a1/\(a.id)")
+            try claimed("d1", home: a.id)
             try await expectLog("a deposit")
 
             // 110.00 + 6,000.00 crosses into a1b on node1: one UPDATE, old and new range logged; the
@@ -215,6 +228,7 @@ struct RangeCaptureTests {
             #expect(try await bank.account(a.id).range == "a1b")
             expected["node1"]! += ["accounts/a1/\(a.id)", "accounts/a1b/\(a.id)"]
             expected[da.node]!.append("directory/\(da.id)/\(a.id)")
+            try claimed("d2", home: a.id)
             try await expectLog("a deposit crossing a1 → a1b")
 
             // 6,110.00 + 5,000.00 leaves node1: delete there, insert on node2, directory entry updated.
@@ -223,6 +237,7 @@ struct RangeCaptureTests {
             expected["node1"]!.append("accounts/a1b/\(a.id)")
             expected["node2"]!.append("accounts/a2/\(a.id)")
             expected[da.node]!.append("directory/\(da.id)/\(a.id)")
+            try claimed("d3", home: a.id)
             try await expectLog("a deposit moving A to node2")
 
             // C on node3, whose range a3 has capture off: only its directory entry is logged.
@@ -236,6 +251,7 @@ struct RangeCaptureTests {
             // Two-phase commit: C (node3, not captured) → A (node2, captured).
             _ = try await bank.transfer(from: c.id, to: a.id, amount: money("1.00"), idempotencyKey: "t1")
             expected["node2"]!.append("accounts/a2/\(a.id)")
+            try claimed("t1", home: c.id)
             try await expectLog("a two-node transfer")
 
             // B and A2 on node1, both in a1: one transaction updating two rows logs each.
@@ -250,11 +266,13 @@ struct RangeCaptureTests {
             }
             _ = try await bank.transfer(from: b.id, to: a2.id, amount: money("1.00"), idempotencyKey: "t2")
             expected["node1"]! += [b.id, a2.id].sorted().map { "accounts/a1/\($0)" }
+            try claimed("t2", home: b.id)
             try await expectLog("a one-node transfer")
 
-            // Capture off again: nothing more.
+            // Capture of a1 off again: nothing more of the accounts (the key's claim still, d ranges capture).
             try await setCapture(connections, "node1", map: "accounts", range: "a1", false)
             _ = try await bank.transfer(from: b.id, to: a2.id, amount: money("1.00"), idempotencyKey: "t3")
+            try claimed("t3", home: b.id)
             try await expectLog("a transfer after capture went off")
 
             let report = try await LedgerVerifier(connections: connections, maps: splitMaps).run(xaBound: .seconds(1), settle: .milliseconds(200))
@@ -455,7 +473,7 @@ struct RangeCaptureTests {
     private func migrateWithBinaryLog(_ cluster: LocalCluster, root rootSession: MariaDBConnection) async throws {
         #expect(try await rootSession.query("SELECT @@log_bin AS b, @@log_bin_trust_function_creators AS t").rows.first.map { "\(try $0.int64("b"))\(try $0.int64("t"))" } == "10")
         try await withSession(cluster, "node1") { c in
-            #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5])
+            #expect(try await BankSchema.migrate(c, logger: testLogger) == [1, 2, 3, 4, 5, 6])
             do {
                 try await BankSchema.installCaptureTriggers(c)
                 Issue.record("the bank user created triggers on a server with a binary log and without trust")
