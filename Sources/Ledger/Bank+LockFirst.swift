@@ -66,13 +66,14 @@ extension Bank {
         return .done(MovementResult(transferID: key, balances: seen.mapValues(\.balance), replayed: false))
     }
 
-    /// Claims a movement's key (``KeyClaims/claim(_:on:)``) in a local transaction of its own on the
-    /// key's node: for a try that writes nothing there. Before the try's own transaction, so that a
-    /// key of another request changes nothing.
+    /// Claims a movement's key (``KeyClaims/claim(_:on:autocommit:)``) on the key's node, on its own
+    /// (one autocommitted statement unless the key's range is captured for a move): for a try that
+    /// writes nothing there. Before the try's own transaction, so that a key of another request
+    /// changes nothing.
     func claimAlone(_ claim: KeyClaim) async throws {
         try await connections.withConnection(claim.node) { c in
             try await withTaskExecutorPreference(c.executor) {
-                try await c.transaction { c in _ = try await KeyClaims.claim(claim, on: c) }
+                _ = try await KeyClaims.claim(claim, on: c, autocommit: true)
             }
         }
     }

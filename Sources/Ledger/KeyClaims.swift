@@ -33,35 +33,27 @@ struct KeyClaim: Sendable {
 enum KeyClaims {
     /// The claim's insert with the fence folded in: a row only while the key's directory range is
     /// active on this node and holds the key's hash (the ownership row read with a shared lock, as
-    /// `INSERT … SELECT` reads, held to the end of the transaction). At most 5 s of lock wait — on
-    /// the ownership row or on a claim of the same key still uncommitted (a prepared branch whose
-    /// coordinator died, until the resolver ends it) — then 1205, and the try is made again.
-    private static let insert = """
+    /// `INSERT … SELECT` reads, held to the end of the transaction) — and, with `uncaptured`, is
+    /// not captured for a move. At most 5 s of lock wait — on the ownership row or on a claim of
+    /// the same key still uncommitted (a prepared branch whose coordinator died, until the resolver
+    /// ends it) — then 1205, and the try is made again.
+    private static func insert(uncaptured: Bool) -> String {
+        """
         SET STATEMENT innodb_lock_wait_timeout = 5 FOR
         INSERT INTO key_claims (transfer_id, kind, home_account, request_hash)
         SELECT ?, ?, ?, ? FROM range_ownership
-        WHERE map_name = 'directory' AND range_id = ? AND state = 'active' AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?)
+        WHERE map_name = 'directory' AND range_id = ? AND state = 'active' AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?)\(uncaptured ? " AND capture = 0" : "")
         """
+    }
 
-    /// Claims the key for the request inside the caller's transaction on the key's node: a new key
-    /// is claimed; a key claimed by the same request (a retry) goes on; a key claimed by another
-    /// request is refused with ``LedgerError/Code/idempotencyConflict``; a range not active here,
-    /// or not holding the key, throws ``PlanStale`` as the fence does. Returns whether this call
-    /// wrote the claim. A claim made in a transaction that rolls back is gone with it; one made by a
-    /// try whose request never committed stays, and keeps the key for that request.
-    ///
-    /// A movement's new claim is noted in the move's log while the key's directory range is
-    /// captured (``AccountSQL/logOpening(_:keyRange:account:)``'s line, stamped with the claim's own
-    /// `claimed_at`): its transaction may commit long after `claimed_at` — a prepared branch, or a
-    /// statement held up — and a directory range's move copies claims by time, from the earliest
-    /// line logged on. The ownership row stays share-locked to the end, so capture cannot begin
-    /// between the claim and the line.
-    @discardableResult
-    static func claim(_ claim: KeyClaim, on c: MariaDBConnection) async throws -> Bool {
-        let inserted: Bool
+    private enum Inserted { case claimed, sameRequest, refused }
+
+    private static func insert(_ claim: KeyClaim, uncaptured: Bool, on c: MariaDBConnection) async throws -> Inserted {
         do throws(MariaDBError) {
-            inserted = try await c.execute(insert, [.string(claim.key), .string(claim.kind), claim.home.map(MariaDBValue.int) ?? .null, .string(claim.requestHash),
-                                                    .string(claim.range.id), .int(claim.hashKey), .int(claim.hashKey)]).affectedRows == 1
+            let rows = try await c.execute(insert(uncaptured: uncaptured), [
+                .string(claim.key), .string(claim.kind), claim.home.map(MariaDBValue.int) ?? .null, .string(claim.requestHash),
+                .string(claim.range.id), .int(claim.hashKey), .int(claim.hashKey)]).affectedRows
+            return rows == 1 ? .claimed : .refused
         } catch {
             guard error.errorNumber == 1062 else { throw error }
             // Committed (the insert waited for it): a locking read sees it, whatever the snapshot.
@@ -70,21 +62,55 @@ enum KeyClaims {
             guard earlier == claim.requestHash else {
                 throw LedgerError(.idempotencyConflict, "idempotency key \(claim.key) was already used for a different request; use a new key for a new request")
             }
-            return false
+            return .sameRequest
         }
-        guard inserted else {
+    }
+
+    /// Claims the key for the request on the key's node, inside the caller's transaction — or, with
+    /// `autocommit`, on a connection outside any: a new key is claimed; a key claimed by the same
+    /// request (a retry) goes on; a key claimed by another request is refused with
+    /// ``LedgerError/Code/idempotencyConflict``; a range not active here, or not holding the key,
+    /// throws ``PlanStale`` as the fence does. Returns whether this call wrote the claim. A claim
+    /// made in a transaction that rolls back is gone with it; one made by a try whose request never
+    /// committed stays, and keeps the key for that request.
+    ///
+    /// The common case is one statement: the range not captured for a move. While it is, a
+    /// movement's new claim also notes itself in the move's log, stamped with its own
+    /// `claimed_at` (``AccountSQL/logOpening(_:keyRange:account:)``'s line): its transaction may
+    /// commit long after `claimed_at` — a prepared branch, or a statement held up — and a
+    /// directory range's move copies claims by time, from the earliest line logged on. The
+    /// ownership row stays share-locked to the end, so capture cannot begin between the claim and
+    /// the line; a claim made with capture off commits before capture can begin, and the move's
+    /// copy of the whole history sees it.
+    @discardableResult
+    static func claim(_ claim: KeyClaim, on c: MariaDBConnection, autocommit: Bool = false) async throws -> Bool {
+        switch try await insert(claim, uncaptured: true, on: c) {
+        case .claimed: return true
+        case .sameRequest: return false
+        case .refused: break
+        }
+        if autocommit { return try await c.transaction { try await capturedClaim(claim, on: $0) } }
+        return try await capturedClaim(claim, on: c)
+    }
+
+    /// The claim while the range is captured (or refuses it), with its log line.
+    private static func capturedClaim(_ claim: KeyClaim, on c: MariaDBConnection) async throws -> Bool {
+        switch try await insert(claim, uncaptured: false, on: c) {
+        case .sameRequest: return false
+        case .refused:
             // Why the range refused, as the fence says it (moving, or not this node's).
             try await AccountSQL.fence(c, map: "directory", range: claim.range.id, node: claim.node, key: claim.hashKey)
             throw PlanStale(reason: "directory range \(claim.range.id) on \(claim.node) refused the claim of key \(claim.key)")
+        case .claimed:
+            if let home = claim.home {
+                try await c.execute("""
+                    INSERT INTO range_changes (map_name, range_id, account_id, changed_at)
+                    SELECT 'openings', o.range_id, ?, k.claimed_at FROM range_ownership o JOIN key_claims k ON k.transfer_id = ?
+                    WHERE o.map_name = 'directory' AND o.range_id = ? AND o.capture = 1
+                    """, [.int(home), .string(claim.key), .string(claim.range.id)])
+            }
+            return true
         }
-        if let home = claim.home {
-            try await c.execute("""
-                INSERT INTO range_changes (map_name, range_id, account_id, changed_at)
-                SELECT 'openings', o.range_id, ?, k.claimed_at FROM range_ownership o JOIN key_claims k ON k.transfer_id = ?
-                WHERE o.map_name = 'directory' AND o.range_id = ? AND o.capture = 1
-                """, [.int(home), .string(claim.key), .string(claim.range.id)])
-        }
-        return true
     }
 }
 
