@@ -169,16 +169,18 @@ public enum BankSchema {
         // the node owning the key's directory range (where an opening keeps its decision), so that
         // the same key with another request — another home account, on another node — is found and
         // refused. A claim is never changed once written; a directory range's move carries its
-        // claims (copied by key hash, then by time: `by_time`).
+        // claims (`key_hash` = the key's directory hash: read by it, `by_hash`, then by time, `by_time`).
         Migration(version: 6, name: "idempotency key claims", statements: [
             """
             CREATE TABLE IF NOT EXISTS key_claims (
               transfer_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+              key_hash BIGINT NOT NULL,
               kind VARCHAR(16) NOT NULL,
               home_account BIGINT NULL,
               request_hash CHAR(64) NOT NULL,
               claimed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
               PRIMARY KEY (transfer_id),
+              KEY by_hash (key_hash, transfer_id),
               KEY by_time (claimed_at)
             ) ENGINE=InnoDB
             """,

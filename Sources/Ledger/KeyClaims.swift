@@ -40,8 +40,8 @@ enum KeyClaims {
     private static func insert(uncaptured: Bool) -> String {
         """
         SET STATEMENT innodb_lock_wait_timeout = 5 FOR
-        INSERT INTO key_claims (transfer_id, kind, home_account, request_hash)
-        SELECT ?, ?, ?, ? FROM range_ownership
+        INSERT INTO key_claims (transfer_id, key_hash, kind, home_account, request_hash)
+        SELECT ?, ?, ?, ?, ? FROM range_ownership
         WHERE map_name = 'directory' AND range_id = ? AND state = 'active' AND lower_bound <= ? AND (upper_bound IS NULL OR upper_bound > ?)\(uncaptured ? " AND capture = 0" : "")
         """
     }
@@ -51,7 +51,7 @@ enum KeyClaims {
     private static func insert(_ claim: KeyClaim, uncaptured: Bool, on c: MariaDBConnection) async throws -> Inserted {
         do throws(MariaDBError) {
             let rows = try await c.execute(insert(uncaptured: uncaptured), [
-                .string(claim.key), .string(claim.kind), claim.home.map(MariaDBValue.int) ?? .null, .string(claim.requestHash),
+                .string(claim.key), .int(claim.hashKey), .string(claim.kind), claim.home.map(MariaDBValue.int) ?? .null, .string(claim.requestHash),
                 .string(claim.range.id), .int(claim.hashKey), .int(claim.hashKey)]).affectedRows
             return rows == 1 ? .claimed : .refused
         } catch {

@@ -112,7 +112,11 @@ public struct LedgerVerifier: Sendable {
         /// postings to the account's node, where they get new entry ids).
         var micros: Int64 = 0
     }
-    struct DecisionRow: Sendable { var transferID: String; var attempt: String; var kind: String; var state: String; var from: Int64?; var to: Int64?; var amount: Int64; var node: String }
+    struct DecisionRow: Sendable {
+        var transferID: String; var attempt: String; var kind: String; var state: String; var from: Int64?; var to: Int64?; var amount: Int64; var node: String
+        var requestHash = ""
+    }
+    struct ClaimRow: Sendable { var key: String; var requestHash: String; var node: String }
     struct OwnershipRow: Sendable { var map: String; var range: String; var lower: Int64; var upper: Int64?; var state: String; var node: String }
 
     struct Snapshot: Sendable {
@@ -121,6 +125,7 @@ public struct LedgerVerifier: Sendable {
         var postings: [PostingRow] = []
         var decisions: [DecisionRow] = []
         var ownership: [OwnershipRow] = []
+        var claims: [ClaimRow] = []
         /// Transfer ids (their bytes) with a prepared ShardBank branch on some node.
         var inDoubt: Set<[UInt8]> = []
 
@@ -145,10 +150,15 @@ public struct LedgerVerifier: Sendable {
                                                      amount: try r.minorUnits("amount"), balanceAfter: try r.minorUnits("balance_after"), entry: try r.int64("entry_id"), node: node,
                                                      micros: try r.int64("micros")))
                     }
-                    for r in try await c.query("SELECT transfer_id, attempt, kind, state, from_account, to_account, amount FROM transfers" + (account == nil ? "" : " WHERE FALSE")).rows {
+                    for r in try await c.query("SELECT transfer_id, attempt, kind, state, from_account, to_account, amount, request_hash FROM transfers" + (account == nil ? "" : " WHERE FALSE")).rows {
                         s.decisions.append(DecisionRow(transferID: try r.string("transfer_id"), attempt: try r.string("attempt"), kind: try r.string("kind"),
                                                        state: try r.string("state"), from: try r.optionalInt64("from_account"), to: try r.optionalInt64("to_account"),
-                                                       amount: try r.minorUnits("amount"), node: node))
+                                                       amount: try r.minorUnits("amount"), node: node, requestHash: try r.string("request_hash")))
+                    }
+                    if account == nil {
+                        for r in try await c.query("SELECT transfer_id, request_hash FROM key_claims").rows {
+                            s.claims.append(ClaimRow(key: try r.string("transfer_id"), requestHash: try r.string("request_hash"), node: node))
+                        }
                     }
                     for r in try await c.query("SELECT map_name, range_id, lower_bound, upper_bound, state FROM range_ownership").rows {
                         s.ownership.append(OwnershipRow(map: try r.string("map_name"), range: try r.string("range_id"), lower: try r.int64("lower_bound"),
@@ -225,7 +235,32 @@ public struct LedgerVerifier: Sendable {
         if balances != journal {
             found.append(Violation(subject: "sum", message: "Σ balances \(Report.money(balances)) differs from Σ journal \(Report.money(journal))"))
         }
-        return found + accountSections(s) + transferSection(s) + ownershipSection(s)
+        return found + accountSections(s) + transferSection(s) + claimSection(s) + ownershipSection(s)
+    }
+
+    /// Idempotency keys (schema v6): a key is claimed for one request cluster-wide (a move's copy
+    /// of a claim is the same claim), on the node of its key's directory range, and a committed
+    /// decision under the key is of the request it was claimed for. Keys used before v6 have no
+    /// claim and are not judged here.
+    func claimSection(_ s: Snapshot) -> [Violation] {
+        var found = Findings()
+        let committed = Dictionary(grouping: s.decisions.filter { $0.state == "committed" }, by: { Array($0.transferID.utf8) })
+        for (bytes, claims) in Dictionary(grouping: s.claims, by: { Array($0.key.utf8) }).sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            let key = claims[0].key
+            let subject = "key \(key)"
+            let requests = Set(claims.map(\.requestHash))
+            if requests.count > 1 {
+                found.add(subject, "idempotency key \(key) is claimed for \(requests.count) different requests (on \(claims.map(\.node).sorted().joined(separator: ", ")))")
+                continue
+            }
+            if let range = try? maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key)), !claims.contains(where: { $0.node == range.node }) {
+                found.add(subject, "the claim of idempotency key \(key) is on \(claims.map(\.node).sorted().joined(separator: ", ")), not on \(range.node), the node of its directory range \(range.id)")
+            }
+            for d in committed[bytes] ?? [] where !s.inDoubt.contains(bytes) && d.requestHash != claims[0].requestHash {
+                found.add(subject, "committed \(d.kind) \(key) (attempt \(d.attempt) on \(d.node)) is another request than the one its key was claimed for")
+            }
+        }
+        return found.list
     }
 
     /// Accounts, their postings and their directory entries.

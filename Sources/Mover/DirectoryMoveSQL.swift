@@ -47,28 +47,22 @@ enum DirectoryMoveSQL {
 
     // MARK: opening decisions
 
-    /// Rows of a node's table keyed by idempotency key: the opening decisions or the key claims.
-    private struct Keyed {
-        var table: String
-        var columns: String
-        var time: String
-        var filter: String
-
-        static let openings = Keyed(table: "transfers", columns: MoveSQL.decisionColumns, time: "created_at", filter: "kind = 'open'")
-        static let claims = Keyed(table: "key_claims", columns: claimColumns, time: "claimed_at", filter: "TRUE")
+    /// Whether a row's idempotency key (`transfer_id`) hashes into the range.
+    private static func keyedInto(_ spec: MoveSpec) -> (MariaDBRow) throws -> Bool {
+        { spec.keyBounds.contains(DirectoryHash.key(forIdempotencyKey: try $0.string("transfer_id"))) }
     }
 
-    /// The rows of `keyed` on a node whose key hashes into the range, in `window` (by the time
-    /// index for the last seconds; otherwise every row, read in chunks by key).
-    private static func keyed(_ c: MariaDBConnection, _ keyed: Keyed, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
-        func mine(_ r: MariaDBRow) throws -> Bool { spec.keyBounds.contains(DirectoryHash.key(forIdempotencyKey: try r.string("transfer_id"))) }
+    /// The opening decisions on a node whose key hashes into the range, in `window` (by the time
+    /// index for the last seconds; otherwise every opening, read in chunks by key).
+    static func openings(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
+        let mine = keyedInto(spec)
         if case .since(let t) = window {
-            return try await c.execute("SELECT \(keyed.columns) FROM \(keyed.table) FORCE INDEX (by_time) WHERE \(keyed.time) >= '\(t)' AND \(keyed.filter)").rows.filter(mine)
+            return try await c.execute("SELECT \(MoveSQL.decisionColumns) FROM transfers FORCE INDEX (by_time) WHERE created_at >= '\(t)' AND kind = 'open'").rows.filter(mine)
         }
         var found: [MariaDBRow] = []
         var after = ""
         while true {
-            let rows = try await c.execute("SELECT \(keyed.columns) FROM \(keyed.table) WHERE \(keyed.filter) AND transfer_id > ?\(window.condition(keyed.time)) ORDER BY transfer_id LIMIT 5000",
+            let rows = try await c.execute("SELECT \(MoveSQL.decisionColumns) FROM transfers WHERE kind = 'open' AND transfer_id > ?\(window.condition("created_at")) ORDER BY transfer_id LIMIT 5000",
                                            [.string(after)]).rows
             found += try rows.filter(mine)
             guard rows.count == 5000, let last = rows.last else { return found }
@@ -76,41 +70,65 @@ enum DirectoryMoveSQL {
         }
     }
 
-    /// The opening decisions on a node whose key hashes into the range, in `window`.
-    static func openings(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
-        try await keyed(c, .openings, spec, window: window)
-    }
-
     // MARK: key claims
 
-    static let claimColumns = "transfer_id, kind, home_account, request_hash, claimed_at"
+    static let claimColumns = "transfer_id, key_hash, kind, home_account, request_hash, claimed_at"
+
+    /// The claims whose stored hash lies in the range (`by_hash`, in chunks by hash and key; the
+    /// time index for the last seconds): a move reads its range's claims, not every claim of the node.
+    private static func claimsByHash(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
+        let bounds = "key_hash >= ?" + (spec.keyBounds.upper == nil ? "" : " AND key_hash < ?")
+        let boundValues: [MariaDBValue] = [.int(spec.keyBounds.lower)] + (spec.keyBounds.upper.map { [MariaDBValue.int($0)] } ?? [])
+        if case .since(let t) = window {
+            return try await c.execute("SELECT \(claimColumns) FROM key_claims FORCE INDEX (by_time) WHERE claimed_at >= '\(t)' AND \(bounds)", boundValues).rows
+        }
+        var found: [MariaDBRow] = []
+        var after: (hash: Int64, key: String)?
+        while true {
+            let cursor = after == nil ? "" : " AND (key_hash > ? OR (key_hash = ? AND transfer_id > ?))"
+            let cursorValues: [MariaDBValue] = after.map { [.int($0.hash), .int($0.hash), .string($0.key)] } ?? []
+            let rows = try await c.execute("SELECT \(claimColumns) FROM key_claims FORCE INDEX (by_hash) WHERE \(bounds)\(cursor)\(window.condition("claimed_at")) ORDER BY key_hash, transfer_id LIMIT 5000",
+                                           boundValues + cursorValues).rows
+            found += rows
+            guard rows.count == 5000, let last = rows.last else { return found }
+            after = (try last.int64("key_hash"), try last.string("transfer_id"))
+        }
+    }
 
     /// The key claims on a node whose key hashes into the range, in `window` (a claim is written
     /// once and never changed: copied as the opening decisions are).
     static func claims(_ c: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws -> [MariaDBRow] {
-        try await keyed(c, .claims, spec, window: window)
+        try await claimsByHash(c, spec, window: window).filter(keyedInto(spec))
     }
 
     /// Copies the source's claims of the range in `window` to the target. A key the target holds
     /// claimed for another request stops the move, naming it: the copy would overwrite it.
     static func copyClaims(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws {
-        let rows = try await claims(s, spec, window: window)
+        try await copy(try await claims(s, spec, window: window), to: t, spec, table: "key_claims", columns: claimColumns, update: "transfer_id = transfer_id") { c, batch in
+            let keys = try batch.map { try $0.string("transfer_id") }
+            var there: [String: String] = [:]
+            for r in try await c.execute("SELECT transfer_id, request_hash FROM key_claims WHERE transfer_id IN (\(MoveSQL.list(keys.count)))", keys.map { .string($0) }).rows {
+                there[try r.string("transfer_id")] = try r.string("request_hash")
+            }
+            for r in batch {
+                let key = try r.string("transfer_id")
+                if let other = there[key], try other != r.string("request_hash") {
+                    throw MoveError(.mismatch, "idempotency key \(key.prefix(64)) is claimed on \(spec.target) for another request than on \(spec.source): the move would overwrite it")
+                }
+            }
+        }
+    }
+
+    /// Upserts `rows` into the target's `table` in fenced transactions of 1,000 rows, each after
+    /// `check` (which throws when the target holds a key for another request).
+    private static func copy(_ rows: [MariaDBRow], to t: MariaDBConnection, _ spec: MoveSpec, table: String, columns: String, update: String,
+                             check: @escaping (MariaDBConnection, [MariaDBRow]) async throws -> Void) async throws {
         for start in stride(from: 0, to: rows.count, by: 1000) {
             let batch = Array(rows[start..<min(start + 1000, rows.count)])
             try await t.transaction { c in
                 try await MoveSQL.fenceTarget(c, spec)
-                let keys = try batch.map { try $0.string("transfer_id") }
-                var there: [String: String] = [:]
-                for r in try await c.execute("SELECT transfer_id, request_hash FROM key_claims WHERE transfer_id IN (\(MoveSQL.list(keys.count)))", keys.map { .string($0) }).rows {
-                    there[try r.string("transfer_id")] = try r.string("request_hash")
-                }
-                for r in batch {
-                    let key = try r.string("transfer_id")
-                    if let other = there[key], try other != r.string("request_hash") {
-                        throw MoveError(.mismatch, "idempotency key \(key.prefix(64)) is claimed on \(spec.target) for another request than on \(spec.source): the move would overwrite it")
-                    }
-                }
-                try await MoveSQL.upsert(c, table: "key_claims", columns: claimColumns, rows: batch, update: "transfer_id = transfer_id")
+                try await check(c, batch)
+                try await MoveSQL.upsert(c, table: table, columns: columns, rows: batch, update: update)
             }
         }
     }
@@ -173,14 +191,8 @@ enum DirectoryMoveSQL {
     /// Copies the source's opening decisions of the range in `window` to the target (a key the
     /// target holds for another request stops the move, naming it).
     static func copyOpenings(source s: MariaDBConnection, target t: MariaDBConnection, _ spec: MoveSpec, window: MoveSQL.HistoryWindow) async throws {
-        let rows = try await openings(s, spec, window: window)
-        for start in stride(from: 0, to: rows.count, by: 1000) {
-            let batch = Array(rows[start..<min(start + 1000, rows.count)])
-            try await t.transaction { c in
-                try await MoveSQL.fenceTarget(c, spec)
-                try await MoveSQL.checkDecisions(c, batch, spec)
-                try await MoveSQL.upsert(c, table: "transfers", columns: MoveSQL.decisionColumns, rows: batch, update: "state = VALUES(state)")
-            }
+        try await copy(try await openings(s, spec, window: window), to: t, spec, table: "transfers", columns: MoveSQL.decisionColumns, update: "state = VALUES(state)") { c, batch in
+            try await MoveSQL.checkDecisions(c, batch, spec)
         }
     }
 

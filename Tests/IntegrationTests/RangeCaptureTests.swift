@@ -122,6 +122,8 @@ struct RangeCaptureTests {
                     "index transfers.by_time (created_at)",
                     "index journal.by_time (created_at)",
                     "key_claims transfer_id varchar(64) NO - utf8mb4_nopad_bin NEVER -",
+                    "key_claims key_hash bigint(20) NO - - NEVER -",
+                    "index key_claims.by_hash (key_hash,transfer_id)",
                     "key_claims home_account bigint(20) YES NULL - NEVER -",
                     "key_claims claimed_at datetime(6) NO current_timestamp(6) - NEVER -",
                     "index key_claims.PRIMARY (transfer_id)",

@@ -19,7 +19,7 @@ private func sql(_ connections: NodeConnections, _ node: String, _ text: String)
 
 @Suite("ctl verify names each broken invariant", .serialized)
 struct VerifierTests {
-    @Test("every check: break the invariant by hand, verify names it, mend it, verify is clean again (15 invariants and a stray prepared branch)")
+    @Test("every check: break the invariant by hand, verify names it, mend it, verify is clean again (18 invariants and a stray prepared branch)")
     func eachCheck() async throws {
         try await withBank { _, bank, connections in
             let a = try await bank.openAccount(customerName: "A", balance: money("100.00"), idempotencyKey: "o-a")   // node1
@@ -34,7 +34,7 @@ struct VerifierTests {
             #expect(clean.accounts == 3 && clean.transfers == 6)
 
             // (node, breaking SQL, mending SQL, a phrase the report must contain)
-            let cases: [(String, String, String, String)] = [
+            var cases: [(String, String, String, String)] = [
                 ("node3", "UPDATE account_info SET balance = balance + 0.01 WHERE account_id = \(c.id)",
                  "UPDATE account_info SET balance = balance - 0.01 WHERE account_id = \(c.id)", "postings on node3 sum to"),
                 ("node3", "UPDATE journal SET balance_after = balance_after + 1 WHERE transfer_id = 'd1'",
@@ -68,6 +68,23 @@ struct VerifierTests {
                  "DELETE FROM journal WHERE transfer_id = 'stray'", "has postings on node3 that its previous nodes"),
                 ("node1", "INSERT INTO account_info (account_id, customer_name, balance, balance_range) VALUES (\(c.id), 'copy', 0, 'a1')",
                  "DELETE FROM account_info WHERE account_id = \(c.id)", "account \(c.id) exists on several nodes: node1, node3"),
+            ]
+            // Key claims: each key on its directory node, for one request, that of its decision.
+            func keyNode(_ key: String) throws -> String { try seedMaps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key)).node }
+            let t1Node = try keyNode("t1")
+            let elsewhere = ["node1", "node2", "node3"].first { $0 != t1Node }!
+            let t1Hash = try #require(try await connections.withConnection(t1Node) {
+                try await $0.query("SELECT request_hash FROM key_claims WHERE transfer_id = 't1'").rows.first?.string("request_hash")
+            })
+            let strayKey = try #require((0..<100).map { "stray-claim-\($0)" }.first { (try? keyNode($0)) != elsewhere })
+            cases += [
+                (elsewhere, "INSERT INTO key_claims (transfer_id, key_hash, kind, home_account, request_hash) VALUES ('t1', 0, 'transfer', \(a.id), 'ffff')",
+                 "DELETE FROM key_claims WHERE transfer_id = 't1'", "idempotency key t1 is claimed for 2 different requests"),
+                (t1Node, "UPDATE key_claims SET request_hash = 'ffff' WHERE transfer_id = 't1'",
+                 "UPDATE key_claims SET request_hash = '\(t1Hash)' WHERE transfer_id = 't1'",
+                 "is another request than the one its key was claimed for"),
+                (elsewhere, "INSERT INTO key_claims (transfer_id, key_hash, kind, home_account, request_hash) VALUES ('\(strayKey)', 0, 'deposit', \(a.id), 'ffff')",
+                 "DELETE FROM key_claims WHERE transfer_id = '\(strayKey)'", "the claim of idempotency key \(strayKey) is on \(elsewhere), not on \(try keyNode(strayKey))"),
             ]
             for (node, breaking, mending, phrase) in cases {
                 try await sql(connections, node, breaking)

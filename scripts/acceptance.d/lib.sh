@@ -191,7 +191,8 @@ finish() {
     echo "FAIL $section: processes left after the section's clean-up: $left"; failed=$((failed + 1))
     for p in $(pgrep -f -- "$work/"); do [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null; done
   fi
-  rm -rf "$work"
+  # A failed section keeps its directory (logs of every process it ran) for whoever looks next.
+  if [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]; then rm -rf "$work"; else echo "     kept for inspection: $work"; fi
   echo "DONE $section: $passed passed, $failed failed"
   [ "$failed" -eq 0 ] && exit "$status"
   exit 1
