@@ -286,16 +286,6 @@ enum AccountSQL {
         return states.contains("moved") ? .moving : .elsewhere
     }
 
-    /// While the key's directory range is captured for a move, notes the opening in the move's
-    /// log (`openings`, the range, the new account): its decision row, written in this transaction,
-    /// may commit long after its `created_at`, and the move copies openings by time.
-    static func logOpening(_ c: MariaDBConnection, keyRange: String, account: Int64) async throws {
-        try await c.execute("""
-            INSERT INTO range_changes (map_name, range_id, account_id)
-            SELECT 'openings', range_id, ? FROM range_ownership WHERE map_name = 'directory' AND range_id = ? AND capture = 1
-            """, [.int(account), .string(keyRange)])
-    }
-
     static func insertDirectory(_ c: MariaDBConnection, _ id: Int64, directoryRange: String, node: String, range: String) async throws {
         try await c.execute("INSERT INTO account_directory (account_id, directory_range, data_node, data_range) VALUES (?, ?, ?, ?)",
                             [.int(id), .string(directoryRange), .string(node), .string(range)])

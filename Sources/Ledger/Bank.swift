@@ -168,7 +168,6 @@ public final class Bank: Sendable {
     /// its node, and the decision on the key's node, in one atomic transaction.
     private func openOnce(id: Int64, customerName: String, balance: Money, key: String, hash: String, maps: LedgerMaps) async throws -> OpenTry {
         let range = try maps.accounts.range(for: balance.minorUnits)
-        let keyRange = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key))
         let directory = try maps.directory.range(for: DirectoryHash.key(forAccount: id))
         let row = AccountSQL.Row(accountID: id, customerName: customerName, balance: balance.minorUnits, range: range.id, version: 1,
                                  createdAt: SQLDateTime(unixMicroseconds: Int64(Date().timeIntervalSince1970 * 1_000_000)))
@@ -183,16 +182,14 @@ public final class Bank: Sendable {
             try await AccountSQL.fence(c, map: "directory", range: directory.id, node: directory.node, key: DirectoryHash.key(forAccount: id))
             try await AccountSQL.insertDirectory(c, id, directoryRange: directory.id, node: range.node, range: range.id)
         }
-        // The key's node must own the key's range (a stale map is refused there, as for any write);
-        // the key is claimed there, as a movement claims its key, so neither reuses the other's.
-        let claim = try KeyClaim(kind: "open", key: key, home: nil, requestHash: hash, maps: maps)
-        work[keyRange.node, default: []].append { c in
-            try await KeyClaims.claim(claim, on: c)
-            try await AccountSQL.logOpening(c, keyRange: keyRange.id, account: id)
-        }
+        // The key is claimed on its node, as a movement claims its key, so neither reuses the
+        // other's; the claim is fenced there (a stale map is refused, as for any write) and, under
+        // a move's capture, notes the opening in the move's log.
+        let claim = try KeyClaim(openingOf: id, key: key, requestHash: hash, maps: maps)
+        work[claim.node, default: []].append { c in try await KeyClaims.claim(claim, on: c) }
         let decision = DecisionRecord(transferID: key, kind: "open", toAccount: id, amountMinorUnits: balance.minorUnits,
                                       requestHash: hash, participants: work.keys.sorted(), attempt: attempt)
-        guard let cause = try await commit(decision, work: work, commitPoint: keyRange.node) else {
+        guard let cause = try await commit(decision, work: work, commitPoint: claim.node) else {
             locations.withLock { $0[id] = Location(node: range.node, range: range.id) }
             return .done(Account(id: id, customerName: customerName, balance: balance, range: range.id, node: range.node))
         }

@@ -14,18 +14,32 @@ struct KeyClaim: Sendable {
     var kind: String
     /// The movement's home account; nil for an opening.
     var home: Int64?
+    /// The account a move's log line names: the movement's home account, or the opening's new one.
+    var noted: Int64
     var requestHash: String
-    /// The key's directory range, whose node holds the claim.
+    /// The key's directory hash, and the directory range holding it, whose node holds the claim.
+    var hashKey: Int64
     var range: ShardRange
     var node: String { range.node }
-    var hashKey: Int64 { DirectoryHash.key(forIdempotencyKey: key) }
 
-    init(kind: String, key: String, home: Int64?, requestHash: String, maps: LedgerMaps) throws {
+    /// A movement's claim.
+    init(kind: String, key: String, home: Int64, requestHash: String, maps: LedgerMaps) throws {
+        try self.init(kind: kind, key: key, home: home, noted: home, requestHash: requestHash, maps: maps)
+    }
+
+    /// An opening's claim, noting the account it opens.
+    init(openingOf account: Int64, key: String, requestHash: String, maps: LedgerMaps) throws {
+        try self.init(kind: "open", key: key, home: nil, noted: account, requestHash: requestHash, maps: maps)
+    }
+
+    private init(kind: String, key: String, home: Int64?, noted: Int64, requestHash: String, maps: LedgerMaps) throws {
         self.key = key
         self.kind = kind
         self.home = home
+        self.noted = noted
         self.requestHash = requestHash
-        self.range = try maps.directory.range(for: DirectoryHash.key(forIdempotencyKey: key))
+        self.hashKey = DirectoryHash.key(forIdempotencyKey: key)
+        self.range = try maps.directory.range(for: hashKey)
     }
 }
 
@@ -74,11 +88,12 @@ enum KeyClaims {
     /// made in a transaction that rolls back is gone with it; one made by a try whose request never
     /// committed stays, and keeps the key for that request.
     ///
-    /// The common case is one statement: the range not captured for a move. While it is, a
-    /// movement's new claim also notes itself in the move's log, stamped with its own
-    /// `claimed_at` (``AccountSQL/logOpening(_:keyRange:account:)``'s line): its transaction may
-    /// commit long after `claimed_at` — a prepared branch, or a statement held up — and a
-    /// directory range's move copies claims by time, from the earliest line logged on. The
+    /// The common case is one statement: the range not captured for a move. While it is, a new
+    /// claim also notes itself in the move's log (`openings`, the range, ``KeyClaim/noted``),
+    /// stamped with its own `claimed_at`: its transaction may commit long after `claimed_at` — a
+    /// prepared branch, or a statement held up — and with it an opening's decision row; a
+    /// directory range's move copies claims and opening decisions by time, from the earliest line
+    /// logged on. The
     /// ownership row stays share-locked to the end, so capture cannot begin between the claim and
     /// the line; a claim made with capture off commits before capture can begin, and the move's
     /// copy of the whole history sees it.
@@ -102,13 +117,11 @@ enum KeyClaims {
             try await AccountSQL.fence(c, map: "directory", range: claim.range.id, node: claim.node, key: claim.hashKey)
             throw PlanStale(reason: "directory range \(claim.range.id) on \(claim.node) refused the claim of key \(claim.key)")
         case .claimed:
-            if let home = claim.home {
-                try await c.execute("""
-                    INSERT INTO range_changes (map_name, range_id, account_id, changed_at)
-                    SELECT 'openings', o.range_id, ?, k.claimed_at FROM range_ownership o JOIN key_claims k ON k.transfer_id = ?
-                    WHERE o.map_name = 'directory' AND o.range_id = ? AND o.capture = 1
-                    """, [.int(home), .string(claim.key), .string(claim.range.id)])
-            }
+            try await c.execute("""
+                INSERT INTO range_changes (map_name, range_id, account_id, changed_at)
+                SELECT 'openings', o.range_id, ?, k.claimed_at FROM range_ownership o JOIN key_claims k ON k.transfer_id = ?
+                WHERE o.map_name = 'directory' AND o.range_id = ? AND o.capture = 1
+                """, [.int(claim.noted), .string(claim.key), .string(claim.range.id)])
             return true
         }
     }
