@@ -137,7 +137,9 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 context.logger.error("request failed with an error the API does not recognise",
                                      metadata: ["code": "\(answer.code)", "error": "\(String(reflecting: error))", "error_type": "\(type(of: error))"])
             } else if answer.status.code >= 500 {
-                context.logger.warning("request failed", metadata: ["code": "\(answer.code)", "error": "\(error)"])
+                var metadata: Logger.Metadata = ["code": "\(answer.code)", "error": "\(error)"]
+                if let cause = (error as? LedgerError)?.underlying { metadata["cause"] = "\(cause)" }
+                context.logger.warning("request failed", metadata: metadata)
             }
             return try answer.response(from: request, context: context)
         }

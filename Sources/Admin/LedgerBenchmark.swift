@@ -29,9 +29,15 @@ public struct LedgerBenchmark: Sendable {
     }
 
     /// A client's failure, by the code it reports (e.g. the API's error code).
-    public struct ClientError: Error, Sendable {
+    public struct ClientError: Error, Sendable, CustomStringConvertible {
         public var code: String
-        public init(code: String) { self.code = code }
+        /// What the server said (the API's `message`), or the transport's failure.
+        public var message: String
+        public init(code: String, message: String = "") {
+            self.code = code
+            self.message = message
+        }
+        public var description: String { message.isEmpty ? code : "\(code): \(message)" }
     }
 
     /// One operation of the mix, through whatever client the caller chooses (library or HTTP).

@@ -9,6 +9,8 @@ public struct LatencySummary: Sendable, Codable {
     public var throughput: Double
     public var p50: UInt64, p95: UInt64, p99: UInt64, max: UInt64
     public var errorsByCode: [String: UInt64]
+    /// The first failure's message for each code, so that a rare error says what it was.
+    public var firstErrorByCode: [String: String]
 
     public var line: String {
         String(format: "%.0f ops/s  (%llu ops, %llu errors in %.1f s)  latency µs p50 %llu  p95 %llu  p99 %llu  max %llu",
@@ -39,12 +41,17 @@ public enum LoadRunner {
         operation: @escaping @Sendable (_ client: Int) async throws -> Void,
         errorCode: @escaping @Sendable (any Error) -> String = { String(describing: type(of: $0)) }
     ) async -> LatencySummary {
+        // The message of the first failure of each code: enough to tell what a rare error was.
+        func firstMessages(_ into: inout [String: String], _ code: String, _ error: any Error) {
+            if into[code] == nil { into[code] = String(String(describing: error).prefix(300)) }
+        }
         let clock = ContinuousClock()
         let start = clock.now
         let end = start + duration
         struct Partial: Sendable {
             var histogram: Histogram<UInt64>
             var errors: [String: UInt64]
+            var firstErrors: [String: String] = [:]
             var latencies: [Int: [UInt32]] = [:]
             var failures: [Int: Int] = [:]
         }
@@ -54,6 +61,7 @@ public enum LoadRunner {
                 group.addTask(executorPreference: executor(client)) {
                     var h = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
                     var errors: [String: UInt64] = [:]
+                    var firstErrors: [String: String] = [:]
                     var latencies: [Int: [UInt32]] = [:]
                     var failures: [Int: Int] = [:]
                     while clock.now < end {
@@ -66,11 +74,13 @@ public enum LoadRunner {
                             _ = h.record(micros)
                             if keepTimeline { latencies[Int((done - start).components.seconds), default: []].append(UInt32(min(micros, UInt64(UInt32.max)))) }
                         } catch {
-                            errors[errorCode(error), default: 0] += 1
+                            let code = errorCode(error)
+                            errors[code, default: 0] += 1
+                            firstMessages(&firstErrors, code, error)
                             if keepTimeline { failures[Int((clock.now - start).components.seconds), default: 0] += 1 }
                         }
                     }
-                    return Partial(histogram: h, errors: errors, latencies: latencies, failures: failures)
+                    return Partial(histogram: h, errors: errors, firstErrors: firstErrors, latencies: latencies, failures: failures)
                 }
             }
             if let progress {
@@ -85,15 +95,17 @@ public enum LoadRunner {
             }
             var total = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
             var errors: [String: UInt64] = [:]
+            var firstErrors: [String: String] = [:]
             var latencies: [Int: [UInt32]] = [:]
             var failures: [Int: Int] = [:]
             for await partial in group {
                 total.add(partial.histogram)
                 errors.merge(partial.errors, uniquingKeysWith: +)
+                firstErrors.merge(partial.firstErrors) { first, _ in first }
                 latencies.merge(partial.latencies, uniquingKeysWith: +)
                 failures.merge(partial.failures, uniquingKeysWith: +)
             }
-            return Partial(histogram: total, errors: errors, latencies: latencies, failures: failures)
+            return Partial(histogram: total, errors: errors, firstErrors: firstErrors, latencies: latencies, failures: failures)
         }
         if let timeline {
             let last = max(merged.latencies.keys.max() ?? 0, merged.failures.keys.max() ?? 0)
@@ -108,6 +120,6 @@ public enum LoadRunner {
         return LatencySummary(operations: h.totalCount, errors: merged.errors.values.reduce(0, +), seconds: seconds,
                               throughput: Double(h.totalCount) / seconds,
                               p50: h.valueAtPercentile(50), p95: h.valueAtPercentile(95), p99: h.valueAtPercentile(99), max: h.max,
-                              errorsByCode: merged.errors)
+                              errorsByCode: merged.errors, firstErrorByCode: merged.firstErrors)
     }
 }

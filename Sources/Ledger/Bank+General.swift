@@ -6,7 +6,7 @@ import Synchronization
 // the plan — balances that leave their node (the row, its range and its directory entry move in the
 // same transaction) and accounts that lived elsewhere.
 extension Bank {
-    func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String) async throws -> Try {
+    func execute(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String, claimed: ClaimMemo) async throws -> Try {
         // Rows first: a lookup that finds the maps behind refreshes them, and the plan uses the newest.
         var located: [Int64: (row: AccountSQL.Row, node: String)] = [:]
         for (id, _) in changes.sorted(by: { $0.0 < $1.0 }) { located[id] = try await locate(id) }
@@ -97,9 +97,9 @@ extension Bank {
         // The key is claimed on its node: in the try's transaction there, or first, alone.
         let claim = try KeyClaim(kind: kind, key: key, home: home, requestHash: hash, maps: maps)
         if work[claim.node] != nil {
-            work[claim.node]!.insert({ c in try await KeyClaims.claim(claim, on: c) }, at: 0)
+            if !claimed.isCommitted { work[claim.node]!.insert({ c in try await KeyClaims.claim(claim, on: c) }, at: 0) }
         } else {
-            do { try await claimAlone(claim) } catch { return try classify(error) }
+            do { try await claimAlone(claim, memo: claimed) } catch { return try classify(error) }
         }
         var decision = movementDecision(kind: kind, key: key, changes: changes, hash: hash, participants: work.keys.sorted())
         decision.attempt = attempt

@@ -15,7 +15,7 @@ extension Bank {
     /// Answers ``Try/notSimple`` — having written nothing — when the case is not this simple; the
     /// general path takes over.
     func lockFirst(kind: String, key: String, home: Int64, changes: [(Int64, Int64)], hash: String,
-                   hints: [Int64: Location]) async throws -> Try {
+                   hints: [Int64: Location], claimed: ClaimMemo) async throws -> Try {
         let maps = try self.maps()
         guard let commitPoint = hints[home]?.node else { return .notSimple }
         // One branch per node, visited in the global node order (see ``commit``); rows in ascending id.
@@ -29,10 +29,10 @@ extension Bank {
         do {
             // The key is claimed in the transaction of its node when the try writes there, else first,
             // in a transaction of its own.
-            if byNode[claim.node] == nil { try await claimAlone(claim) }
+            if byNode[claim.node] == nil { try await claimAlone(claim, memo: claimed) }
             if order.count == 1 {
                 try await localTransaction(on: commitPoint, decision: decision) { c in
-                    if claim.node == commitPoint { try await KeyClaims.claim(claim, on: c) }
+                    if claim.node == commitPoint, !claimed.isCommitted { try await KeyClaims.claim(claim, on: c) }
                     let part = try await self.lockedPart(c, node: commitPoint, key: key, attempt: decision.attempt, changes: changes, home: home,
                                                          decision: decision, maps: maps)
                     written.withLock { $0.merge(part) { $1 } }
@@ -41,7 +41,7 @@ extension Bank {
                 let branches = order.map { node in
                     let part = byNode[node]!
                     return TwoPhaseCommit.Branch(node: node) { c in
-                        if claim.node == node { try await KeyClaims.claim(claim, on: c) }
+                        if claim.node == node, !claimed.isCommitted { try await KeyClaims.claim(claim, on: c) }
                         let done = try await self.lockedPart(c, node: node, key: key, attempt: decision.attempt, changes: part, home: home,
                                                              decision: nil, maps: maps)
                         written.withLock { $0.merge(done) { $1 } }
@@ -70,12 +70,14 @@ extension Bank {
     /// (one autocommitted statement unless the key's range is captured for a move): for a try that
     /// writes nothing there. Before the try's own transaction, so that a key of another request
     /// changes nothing.
-    func claimAlone(_ claim: KeyClaim) async throws {
+    func claimAlone(_ claim: KeyClaim, memo: ClaimMemo) async throws {
+        guard !memo.isCommitted else { return }
         try await connections.withConnection(claim.node) { c in
             try await withTaskExecutorPreference(c.executor) {
                 _ = try await KeyClaims.claim(claim, on: c, autocommit: true)
             }
         }
+        memo.markCommitted()
     }
 
     /// The decision row of a lock-first attempt, fenced by bounds when `spans` names any (see

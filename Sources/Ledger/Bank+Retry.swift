@@ -15,7 +15,7 @@ extension Bank {
         case stale(MovementRetryPolicy.Stale, cause: any Error)
     }
 
-    /// Not the lock-first path's case (see ``lockFirst(kind:key:home:changes:hash:hints:)``); nothing is written.
+    /// Not the lock-first path's case (see ``lockFirst(kind:key:home:changes:hash:hints:claimed:)``); nothing is written.
     struct NotSimple: Error {}
     /// Another attempt of this key committed already.
     struct AlreadyDecided: Error {}
@@ -51,8 +51,11 @@ extension Bank {
         var lastCause: (any Error)?
         // A try collided with a row of this key (1062): maybe an earlier attempt, maybe another request.
         var collided = false
+        // Why each try went stale, for the log line of a request that gives up.
+        var staleReasons: [String] = []
         func note(_ cause: any Error) {
             lastCause = cause
+            staleReasons.append(String("\(cause)".prefix(200)))
             if let e = cause as? MariaDBError, e.errorNumber == 1062 { collided = true }
         }
         let accounts = Set(changes.map(\.0))
@@ -65,11 +68,12 @@ extension Bank {
         }
         var action = policy.start(allLocationsKnown: hints() != nil)
         var moving = MoveWait(limit: moveWait)
+        let claimed = ClaimMemo()
         while true {
             switch action {
             case .lockFirst:
                 guard let hints = hints() else { action = policy.lockFirstNotSimple(); continue }
-                switch try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints) {
+                switch try await lockFirst(kind: kind, key: key, home: home, changes: changes, hash: hash, hints: hints, claimed: claimed) {
                 case .done(let result): return result
                 case .notSimple: action = policy.lockFirstNotSimple()
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
@@ -83,7 +87,7 @@ extension Bank {
                 action = policy.noEarlierCommit()
             case .plan:
                 moving.planned(maps: try maps())
-                switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash) {
+                switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash, claimed: claimed) {
                 case .done(let result): return result
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
                 case .notSimple: action = policy.planStale(.init())
@@ -99,7 +103,8 @@ extension Bank {
                         logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
                     }
                 }
-                try await Task.sleep(for: pause)
+                // Jitter: requests contending for one account must not retry in step.
+                try await Task.sleep(for: pause * Double.random(in: 0.5...1.0))
                 action = policy.backedOff(allLocationsKnown: hints() != nil)
             case .awaitMapChange:
                 if moving.shouldRefresh { try? await refreshMaps() }
@@ -107,6 +112,8 @@ extension Bank {
                 locations.withLock { l in accounts.forEach { l[$0] = nil } }
                 action = policy.mapsChanged()
             case .giveUp:
+                logger.warning("gave up after \(MovementRetryPolicy.maximumTries) stale plans", metadata: [
+                    "transfer_id": "\(key)", "kind": "\(kind)", "reasons": "\(staleReasons.joined(separator: " | "))"])
                 throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastCause)
             }
         }

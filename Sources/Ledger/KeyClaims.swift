@@ -1,6 +1,7 @@
 import Foundation
 import MariaDB
 import Sharding
+import Synchronization
 
 /// Where a request's idempotency key is claimed: the node owning the key's directory range
 /// (``DirectoryHash/key(forIdempotencyKey:)``), the node an opening keeps its decision on.
@@ -41,6 +42,16 @@ struct KeyClaim: Sendable {
         self.hashKey = DirectoryHash.key(forIdempotencyKey: key)
         self.range = try maps.directory.range(for: hashKey)
     }
+}
+
+/// Whether a request's key claim is committed already: a claim made on its own (autocommitted)
+/// stays — and moves with its directory range — so the request's later tries need not make it
+/// again (one statement, perhaps on a third node, less per try). A claim made inside a try's
+/// transaction is not remembered: it is gone if that try rolls back.
+final class ClaimMemo: Sendable {
+    private let committed = Atomic<Bool>(false)
+    var isCommitted: Bool { committed.load(ordering: .acquiring) }
+    func markCommitted() { committed.store(true, ordering: .releasing) }
 }
 
 /// SQL of the key claims (`key_claims`, schema v6): one row per key, never changed once written.

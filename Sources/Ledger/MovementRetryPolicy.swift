@@ -6,8 +6,11 @@
 /// earlier attempt of the key, then a plan from reads, executed with each row locked and checked. A
 /// plan gone stale writes nothing and is made again after a short, growing pause — with the
 /// locations forgotten unless the rows were still where they were read, and the maps re-read when a
-/// node refused a range (`wrong_shard`). After ``maximumTries`` stale plans it gives up: nothing
-/// was done, and the client may retry with the same key.
+/// node refused a range (`wrong_shard`). The pause doubles from 4 ms up to ``longestPause`` (the
+/// caller adds jitter, so that two requests contending for one account do not retry in step). After
+/// ``maximumTries`` stale plans (about 1.5 s of pauses) it gives up: nothing was done, and the
+/// client may retry with the same key. Contention on an account whose balance keeps crossing a
+/// range bound (each crossing moves the row) can make several plans in a row go stale.
 public struct MovementRetryPolicy: Sendable, Hashable {
     public enum Action: Sendable, Hashable {
         case lockFirst
@@ -36,7 +39,8 @@ public struct MovementRetryPolicy: Sendable, Hashable {
         }
     }
 
-    public static let maximumTries = 8
+    public static let maximumTries = 12
+    public static let longestPause = Duration.milliseconds(256)
     public private(set) var stalePlans = 0
     private var lockFirstAllowed = true
 
@@ -68,7 +72,7 @@ public struct MovementRetryPolicy: Sendable, Hashable {
         if stale.rangeMoving { return .awaitMapChange }
         stalePlans += 1
         guard stalePlans < Self.maximumTries else { return .giveUp }
-        return .backOff(.milliseconds(2 << stalePlans), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
+        return .backOff(min(.milliseconds(2 << stalePlans), Self.longestPause), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
     }
 
     public mutating func backedOff(allLocationsKnown: Bool) -> Action {

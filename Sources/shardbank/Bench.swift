@@ -165,7 +165,7 @@ struct Bench: AsyncParsableCommand {
                 guard response.status.code < 300 else {
                     let text = String(buffer: payload)
                     let code = text.split(separator: "\"").dropFirst(5).first.map(String.init) ?? "http_\(response.status.code)"
-                    throw LedgerBenchmark.ClientError(code: code)
+                    throw LedgerBenchmark.ClientError(code: code, message: "HTTP \(response.status.code) \(text)")
                 }
             }
             return ClientHandle(client: LedgerBenchmark.Client(
@@ -246,7 +246,9 @@ func printSummary(_ summary: LatencySummary, label: String, json: Bool) throws {
         print(String(decoding: try encoder.encode(summary), as: UTF8.self))
     } else {
         print("\(label): \(summary.line)")
-        for (code, count) in summary.errorsByCode.sorted(by: { $0.key < $1.key }) { print("  errors \(code): \(count)") }
+        for (code, count) in summary.errorsByCode.sorted(by: { $0.key < $1.key }) {
+            print("  errors \(code): \(count)" + (summary.firstErrorByCode[code].map { " — first: \($0)" } ?? ""))
+        }
     }
 }
 

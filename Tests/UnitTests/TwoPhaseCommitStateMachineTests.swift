@@ -224,7 +224,7 @@ struct MovementRetryPolicyTests {
         #expect(p.planStale(.init()) == .giveUp)
     }
 
-    @Test("gives up after the maximum of stale plans, with growing pauses before")
+    @Test("gives up after the maximum of stale plans, with pauses that double up to a cap before")
     func givesUp() {
         var p = MovementRetryPolicy()
         var pauses: [Duration] = []
@@ -232,7 +232,11 @@ struct MovementRetryPolicyTests {
             guard case .backOff(let pause, _, _) = p.planStale(.init()) else { Issue.record("gave up early"); return }
             pauses.append(pause)
         }
-        #expect(pauses == pauses.sorted() && Set(pauses).count == pauses.count)
+        #expect(pauses.first == .milliseconds(4))
+        #expect(zip(pauses, pauses.dropFirst()).allSatisfy { $1 == min($0 * 2, MovementRetryPolicy.longestPause) })
+        #expect(pauses.last == MovementRetryPolicy.longestPause)
+        // Enough patience for a hot account's contention: over a second of pauses in all.
+        #expect(pauses.reduce(.zero, +) > .seconds(1))
         #expect(p.planStale(.init()) == .giveUp)
     }
 }

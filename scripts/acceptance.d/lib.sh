@@ -14,7 +14,8 @@
 # Every section runs on its own: `scripts/acceptance NN-name` (or `scripts/acceptance.d/NN-name.sh`
 # with SHARDBANK_BIN set). On exit — also on failure or an unset variable — the EXIT trap stops
 # every process the section started (track_pid, start_serve, run_bg), takes the cluster down with
-# `demo down`, reports any of its processes still alive as a failure, and deletes $work.
+# `demo down`, reports any of its processes still alive as a failure, and deletes $work — unless a
+# check failed: then $work stays, with the cluster's serve and agent logs copied to cluster-logs/.
 # Scratch files go under $work, never at a fixed path.
 
 set -uo pipefail
@@ -185,6 +186,10 @@ finish() {
   trap - EXIT
   local known=(); read -r -a known <<<"$(cluster_pids 2>/dev/null)"
   local p; for p in "${started_pids[@]}"; do stop_pid "$p"; done
+  # demo down deletes the cluster's directory: a failed section first keeps its serve and agent logs.
+  if { [ "$failed" -ne 0 ] || [ "$status" -ne 0 ]; } && [ -d "$dir" ]; then
+    mkdir -p "$work/cluster-logs" && cp "$dir"/*.log "$work/cluster-logs/" 2>/dev/null
+  fi
   [ -f "$dir/cluster.json" ] && "$bin" demo down --dir "$dir" >"$work/down.log" 2>&1
   local left; left=$(leftovers "${known[@]}" "${started_pids[@]}")
   if [ -n "$left" ]; then
