@@ -6,15 +6,18 @@
 # from the freeze to the map naming the target), then p50/p99/max of the windows, the bench's totals
 # (errors by code) and from the timeline the ops/s before, during and after the moves and the worst
 # second during them.
-# Usage: bench/move-pause.sh [ROWS] [MOVES] [GRACE]   (defaults 50000, 10, and 5 s of --decision-grace)
+# RANGE=d1 moves the directory range d1 (node1's third of the directory: the entries of the
+# accounts whose id hashes into it, the opening decisions and key claims of the keys that do — the
+# load claims a third of its keys there) instead of a1.
+# Usage: [RANGE=a1|d1] bench/move-pause.sh [ROWS] [MOVES] [GRACE]   (defaults 50000, 10, and 5 s of --decision-grace)
 set -euo pipefail
-rows=${1:-50000} moves=${2:-10} grace=${3:-5}
+rows=${1:-50000} moves=${2:-10} grace=${3:-5} range=${RANGE:-a1}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 start_cluster --etcd 1
 out=$dir.out
 mkdir -p "$out"
 config=$dir/shardbank.json
-echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves $moves, decision grace $grace s"
+echo "$(machine); $(mariadbd --version | grep -oE 'Ver [^ ]+'); rows $rows, moves of $range $moves, decision grace $grace s"
 # Long enough for the moves (a guess per move); the moves that outlast it run without load (reported).
 duration=$((60 + moves * (30 + rows / 1000)))
 start_load "$rows" "$duration"
@@ -23,7 +26,7 @@ to=node3
 : >"$out/moves.txt"
 for i in $(seq 1 "$moves"); do
   t0=$(date +%s.%N)
-  "$bin" ctl move a1 --to "$to" --config "$config" --decision-grace "$grace" --json >"$out/move-$i.json" 2>"$out/move-$i.err" || { echo "move $i failed:"; cat "$out/move-$i.err"; exit 1; }
+  "$bin" ctl move "$range" --to "$to" --config "$config" --decision-grace "$grace" --json >"$out/move-$i.json" 2>"$out/move-$i.err" || { echo "move $i failed:"; cat "$out/move-$i.err"; exit 1; }
   t1=$(date +%s.%N)
   echo "$i $to $t0 $t1" >>"$out/moves.txt"
   [ "$to" = node3 ] && to=node1 || to=node3

@@ -97,6 +97,7 @@ public struct BankRuntime: Sendable {
 /// A pool per registered node that is not `removed`, with the configuration's credentials.
 public func nodeConnections(_ configuration: ShardBankConfiguration, nodes: [NodeInfo], logger: Logger) async -> NodeConnections {
     let connections = NodeConnections(logger: logger)
+    connections.markRemoved(nodes.filter { $0.state == .removed }.map(\.id))
     for node in nodes.sorted(by: { $0.id < $1.id }) where node.state != .removed {
         await connections.register(node: node.id, configuration: configuration.mariaDB(node: node.id, host: node.host, port: node.port,
                                                                                       database: node.database, tlsMode: node.tlsMode),

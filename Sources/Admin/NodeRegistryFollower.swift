@@ -92,6 +92,7 @@ public final class NodeRegistryFollower: Service, Sendable {
     /// Makes the pools follow `registry` once.
     private func reconcile(_ registry: [String: NodeInfo], applied: inout [String: NodeInfo], pending: inout [String: Pending]) async {
         let wanted = registry.filter { $0.value.state != .removed }
+        connections.markRemoved(registry.filter { $0.value.state == .removed }.keys)
         for id in applied.keys.sorted() where wanted[id] == nil {
             applied[id] = nil
             if await connections.unregister(node: id) {

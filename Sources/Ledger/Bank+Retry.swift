@@ -69,6 +69,7 @@ extension Bank {
         var action = policy.start(allLocationsKnown: hints() != nil)
         var moving = MoveWait(limit: moveWait)
         let claimed = ClaimMemo()
+        let began = ContinuousClock.now
         while true {
             switch action {
             case .lockFirst:
@@ -90,11 +91,11 @@ extension Bank {
                 switch try await execute(kind: kind, key: key, home: home, changes: changes, hash: hash, claimed: claimed) {
                 case .done(let result): return result
                 case .alreadyDecided: action = policy.earlierAttemptCommitted()
-                case .notSimple: action = policy.planStale(.init())
+                case .notSimple: action = policy.planStale(.init(), elapsed: .now - began)
                 case .stale(let stale, let cause):
                     note(cause)
                     logger.debug("plan went stale; planning again", metadata: ["transfer_id": "\(key)", "stale_plans": "\(policy.stalePlans)", "reason": "\(cause)"])
-                    action = policy.planStale(stale)
+                    action = policy.planStale(stale, elapsed: .now - began)
                 }
             case .backOff(let pause, let forget, let refresh):
                 if forget { locations.withLock { l in accounts.forEach { l[$0] = nil } } }
@@ -112,7 +113,7 @@ extension Bank {
                 locations.withLock { l in accounts.forEach { l[$0] = nil } }
                 action = policy.mapsChanged()
             case .giveUp:
-                logger.warning("gave up after \(MovementRetryPolicy.maximumTries) stale plans", metadata: [
+                logger.warning("gave up after \(policy.stalePlans) stale plans in \((ContinuousClock.now - began).milliseconds) ms", metadata: [
                     "transfer_id": "\(key)", "kind": "\(kind)", "reasons": "\(staleReasons.joined(separator: " | "))"])
                 throw LedgerError(.aborted, "the accounts kept changing while \(kind) \(key) was planned; nothing was done, try again", underlying: lastCause)
             }

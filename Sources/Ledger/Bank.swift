@@ -118,6 +118,7 @@ public final class Bank: Sendable {
         var lastCause: (any Error)?
         var id: Int64?
         var action = policy.start(allLocationsKnown: false)
+        let began = ContinuousClock.now
         while true {
             switch action {
             case .lockFirst, .lookForEarlierCommit:
@@ -137,7 +138,7 @@ public final class Bank: Sendable {
                 case .done(let account): return account
                 case .stale(let stale, let cause):
                     lastCause = cause
-                    action = policy.planStale(stale)
+                    action = policy.planStale(stale, elapsed: .now - began)
                 }
             case .backOff(let pause, _, let refresh):
                 if refresh {
@@ -145,7 +146,7 @@ public final class Bank: Sendable {
                         logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
                     }
                 }
-                try await Task.sleep(for: pause)
+                try await Task.sleep(for: pause * Double.random(in: 0.5...1.0))
                 action = policy.backedOff(allLocationsKnown: false)
             case .awaitMapChange:
                 if moving.shouldRefresh { try? await refreshMaps() }

@@ -53,6 +53,12 @@ public struct InDoubtTracker: Sendable {
 /// attempt is inserted first (the primary key arbitrates against a coordinator that is still
 /// running), then XA ROLLBACK. Another attempt's decision — even a committed one of the same
 /// transfer — never commits this branch: the retry that committed posted its own.
+///
+/// A commit point the registry marks `removed` is not asked (its pools are closed, its server may
+/// be gone): the branch is rolled back. A drain ends only after a moment with no branch prepared
+/// anywhere naming the node, and before that moment the node owned no range any more; a branch
+/// still naming it was prepared after that moment, and its attempt's decision — whose transaction
+/// fences the commit point's ranges — could never commit there.
 public final class InDoubtResolver: Service, Sendable {
     /// What one pass did to one branch.
     public struct Resolution: Sendable, Hashable {
@@ -122,8 +128,13 @@ public final class InDoubtResolver: Service, Sendable {
     /// branch is not a ShardBank one.
     public static func resolve(_ xid: XID, on node: String, connections: NodeConnections) async throws -> Resolution {
         guard let name = BranchName.parse(xid) else { throw LedgerError(.invalid, "\(xid) is not a ShardBank branch") }
-        let decision = try await connections.withConnection(name.commitPoint) {
-            try await DecisionRows.decideIfAbsent(name.transferID, attempt: name.attempt, on: $0)
+        let decision: DecisionState
+        if connections.isRemoved(name.commitPoint) {
+            decision = .aborted
+        } else {
+            decision = try await connections.withConnection(name.commitPoint) {
+                try await DecisionRows.decideIfAbsent(name.transferID, attempt: name.attempt, on: $0)
+            }
         }
         try await connections.withConnection(node) { c in
             switch decision {
@@ -144,6 +155,9 @@ public struct PreparedBranch: Sendable {
     public var decision: DecisionState?
     /// Why the decision could not be read (the commit point does not answer), if so.
     public var decisionError: String?
+    /// The commit point is `removed` (drained): its attempt decided nothing, and resolving rolls
+    /// the branch back (see ``InDoubtResolver``).
+    public var commitPointRemoved = false
     /// How long ago its first posting on this node was written, when it has one.
     public var age: Duration?
 
@@ -156,13 +170,15 @@ public struct PreparedBranch: Sendable {
             for xid in xids {
                 guard let name = BranchName.parse(xid) else { continue }
                 var branch = PreparedBranch(node: node, xid: xid, name: name)
-                do {
+                if connections.isRemoved(name.commitPoint) {
+                    branch.commitPointRemoved = true
+                } else { do {
                     branch.decision = try await connections.withConnection(name.commitPoint) {
                         try await DecisionRows.state(of: name.transferID, attempt: name.attempt, on: $0)
                     }
                 } catch {
                     branch.decisionError = "\(error)"
-                }
+                } }
                 // A prepared branch's postings are uncommitted: only a dirty read sees when they were written.
                 branch.age = try await connections.withConnection(node) { c in
                     try await c.begin(isolation: .readUncommitted)

@@ -8,8 +8,9 @@
 /// locations forgotten unless the rows were still where they were read, and the maps re-read when a
 /// node refused a range (`wrong_shard`). The pause doubles from 4 ms up to ``longestPause`` (the
 /// caller adds jitter, so that two requests contending for one account do not retry in step). After
-/// ``maximumTries`` stale plans (about 1.5 s of pauses) it gives up: nothing was done, and the
-/// client may retry with the same key. Contention on an account whose balance keeps crossing a
+/// ``maximumTries`` stale plans (0.8–1.5 s of pauses), or at the first stale plan after
+/// ``timeBudget`` of trying (each try may also wait for locks: up to 5 s for a key's claim held by
+/// an in-doubt branch), it gives up: nothing was done, and the client may retry with the same key. Contention on an account whose balance keeps crossing a
 /// range bound (each crossing moves the row) can make several plans in a row go stale.
 public struct MovementRetryPolicy: Sendable, Hashable {
     public enum Action: Sendable, Hashable {
@@ -41,6 +42,7 @@ public struct MovementRetryPolicy: Sendable, Hashable {
 
     public static let maximumTries = 12
     public static let longestPause = Duration.milliseconds(256)
+    public static let timeBudget = Duration.seconds(10)
     public private(set) var stalePlans = 0
     private var lockFirstAllowed = true
 
@@ -66,12 +68,12 @@ public struct MovementRetryPolicy: Sendable, Hashable {
     /// A try found another attempt of the key committed: the look for it answers the request.
     public mutating func earlierAttemptCommitted() -> Action { .lookForEarlierCommit }
 
-    /// A plan went stale (it wrote nothing). A moving range does not count as a stale plan: the wait
-    /// for its switch is bounded in time by the caller.
-    public mutating func planStale(_ stale: Stale) -> Action {
+    /// A plan went stale (it wrote nothing), `elapsed` after the request began. A moving range does
+    /// not count as a stale plan: the wait for its switch is bounded in time by the caller.
+    public mutating func planStale(_ stale: Stale, elapsed: Duration = .zero) -> Action {
         if stale.rangeMoving { return .awaitMapChange }
         stalePlans += 1
-        guard stalePlans < Self.maximumTries else { return .giveUp }
+        guard stalePlans < Self.maximumTries, elapsed < Self.timeBudget else { return .giveUp }
         return .backOff(min(.milliseconds(2 << stalePlans), Self.longestPause), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
     }
 

@@ -7,6 +7,7 @@ public final class NodeConnections: Sendable {
     private let pools: Mutex<[String: MariaDBPool]>
     private let logger: Logger
     private let health = Mutex<Health?>(nil)
+    private let removed = Mutex<Set<String>>([])
 
     /// What the health layer says about nodes (see ``watchHealth(refuse:connectionFailed:)``).
     struct Health: Sendable {
@@ -40,6 +41,22 @@ public final class NodeConnections: Sendable {
         guard let removed = pools.withLock({ $0.removeValue(forKey: node) }) else { return false }
         await removed.shutdown()
         return true
+    }
+
+    /// Notes that the registry marks `nodes` (and no others) `removed`: drained to the end, they own no range and
+    /// will never own one again (a removed id is not registered again), so nothing they hold is
+    /// asked for — an in-doubt branch naming one as its commit point is rolled back
+    /// (``InDoubtResolver``). Whoever follows the registry tells; a process that never heard of a
+    /// node does not presume it removed.
+    /// Each call replaces what the last one said: the registry's current word counts.
+    public func markRemoved<S: Sequence<String>>(_ nodes: S) {
+        removed.withLock { $0 = Set(nodes) }
+    }
+
+    /// Whether the registry marked `node` `removed` (``markRemoved(_:)``) and it has no pool here:
+    /// a node with a pool is one this process was told is registered, whatever it heard before.
+    public func isRemoved(_ node: String) -> Bool {
+        removed.withLock { $0.contains(node) } && pools.withLock { $0[node] == nil }
     }
 
     /// The driver configuration of `node`'s pool, or nil when the node has none.

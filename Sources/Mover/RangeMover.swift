@@ -189,11 +189,14 @@ private struct Run {
     /// Writes the record (compare-and-swap): a conflict means another runner has the job.
     mutating func save(_ machine: RangeMoveStateMachine, force: Bool = true) async throws {
         guard force || ContinuousClock.now - lastSaved > .seconds(1) else { return }
+        // The copy's speed, while it copies and when it ends (later phases keep that figure). The
+        // phase the record had is read before it is overwritten: a copy shorter than the record's
+        // one-second throttle is measured at its end only.
+        let wasCopying = job.record.phase == MovePhase.copying.rawValue
         job.record.phase = machine.phase.rawValue
         job.record.cursor = machine.cursor
         job.record.updatedAt = Date()
-        // The copy's speed, while it copies (later phases keep the figure it ended with).
-        if machine.phase == .copying || machine.phase == .catchingUp && job.record.phase == MovePhase.copying.rawValue,
+        if machine.phase == .copying || machine.phase == .catchingUp && wasCopying,
            let copyStarted, ContinuousClock.now - copyStarted > .milliseconds(200) {
             job.record.rowsPerSecond = (Double(job.record.rows.copied - copiedAtStart) / (ContinuousClock.now - copyStarted).seconds).rounded()
         }
@@ -526,10 +529,16 @@ private struct Run {
         }
     }
 
-    /// The branches prepared on any node that name `node` as their commit point.
+    /// The branches prepared on any node that name `node` as their commit point. Every registered
+    /// node but the removed ones is asked — one this process has no pool for could hold such a
+    /// branch, so the move stops (resume it once the pool is open) rather than miss it.
     func preparedNaming(_ node: String) async throws -> Set<String> {
+        let live = try await mover.store.nodes().filter { $0.state != .removed }.map(\.id).sorted()
+        if let missing = live.first(where: { !connections.nodes.contains($0) }) {
+            throw MoveError(.conflict, "no connection to \(missing) here (its credentials are missing from the configuration, or its pool is not open yet): before the moved decisions leave \(node), every node must be asked for branches that still need them; resume the move when it can")
+        }
         var found = Set<String>()
-        for other in connections.nodes {
+        for other in live {
             let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
             for xid in xids where BranchName.parse(xid)?.commitPoint == node { found.insert("\(other)/\(xid.gtrid)/\(xid.bqual)") }
         }

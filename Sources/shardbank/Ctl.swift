@@ -137,7 +137,8 @@ extension Ctl {
                         let rows = branches.map { b -> [String: String] in
                             ["node": b.node, "transfer_id": b.name.transferID, "attempt": b.name.attempt.rawValue, "commit_point": b.name.commitPoint,
                              "age_ms": b.age.map { String($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? "",
-                             "decision": b.decision?.rawValue ?? (b.decisionError == nil ? "none" : "unknown")]
+                             "decision": b.decision?.rawValue ?? (b.decisionError == nil ? "none" : "unknown"),
+                             "commit_point_removed": b.commitPointRemoved ? "true" : "false"]
                         }
                         let encoder = JSONEncoder()
                         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
@@ -148,8 +149,16 @@ extension Ctl {
                     print(pad("NODE", 10) + pad("TRANSFER", 40) + pad("ATTEMPT", 14) + pad("COMMIT POINT", 14) + pad("AGE", 10) + "DECISION")
                     for b in branches {
                         let age = b.age.map { String(format: "%.1f s", Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) } ?? "—"
-                        let decision = b.decision.map { $0 == .committed ? "committed: resolve commits it" : "aborted: resolve rolls it back" }
-                            ?? (b.decisionError.map { "unknown: \(b.name.commitPoint) does not answer (\($0.prefix(60)))" } ?? "none yet: resolve records an abort, then rolls back")
+                        let decision: String
+                        if let state = b.decision {
+                            decision = state == .committed ? "committed: resolve commits it" : "aborted: resolve rolls it back"
+                        } else if b.commitPointRemoved {
+                            decision = "none: \(b.name.commitPoint) is removed (drained), it decided nothing: resolve rolls it back"
+                        } else if let error = b.decisionError {
+                            decision = "unknown: \(b.name.commitPoint) does not answer (\(error.prefix(60)))"
+                        } else {
+                            decision = "none yet: resolve records an abort, then rolls back"
+                        }
                         print(pad(b.node, 10) + pad(b.name.transferID, 40) + pad(b.name.attempt.description, 14) + pad(b.name.commitPoint, 14) + pad(age, 10) + decision)
                     }
                 }
@@ -164,7 +173,8 @@ extension Ctl {
                     prepared after --min-age seconds: committed decision → XA COMMIT; aborted → XA ROLLBACK; \
                     no decision yet → an abort is recorded for that attempt on the commit point (the same \
                     arbitration the automatic resolver uses; a coordinator still running then fails to \
-                    commit), then XA ROLLBACK. When the commit point does not answer, nothing is done: its \
+                    commit), then XA ROLLBACK. A commit point that is removed (drained) decided nothing: \
+                    the branch is rolled back. When the commit point does not answer, nothing is done: its \
                     decision is unknown. Exit 1 if a branch could not be finished.
                     """)
 

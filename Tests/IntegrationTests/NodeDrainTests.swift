@@ -158,6 +158,41 @@ struct NodeDrainTests {
         }
     }
 
+    /// A coordinator on a stale map (its home account on node1) prepares on node2 after node1's drain
+    /// ended, and dies before node1 would have refused its part. Nothing answers for node1 any more.
+    @Test("a branch prepared after a drain, naming the removed node as commit point, is rolled back by the resolver (its attempt decided nothing); node1 is not asked")
+    func lateBranchNamingRemovedNode() async throws {
+        try await withMoveFixture { f in
+            _ = try await openAccounts(f.bank, count: 6, prefix: "late")
+            let drainer = NodeDrainer(mover: f.mover(), logger: testLogger)
+            let record = try await drainer.run(try await drainer.create(node: "node1").record.id)
+            #expect(record.phase == "done", "\(record)")
+            // As a process following the registry does once node1 is removed: its pool closed, the node known removed.
+            f.connections.markRemoved(try await f.store.nodes().filter { $0.state == .removed }.map(\.id))
+            #expect(!f.connections.isRemoved("node1"), "a node this process still has a pool for counts as registered")
+            await f.connections.unregister(node: "node1")
+            #expect(f.connections.isRemoved("node1") && !f.connections.isRemoved("node2"))
+
+            let xid = BranchName.xid(transferID: "late-1", attempt: .random(), participant: "node2", commitPoint: "node1")
+            let c = try await MariaDBConnection.connect(configuration: try #require(f.connections.configuration(of: "node2")))
+            try await c.xaStart(xid)
+            try await c.execute("INSERT INTO journal (account_id, transfer_id, amount, balance_after) VALUES (1, 'late-1', 1.00, 1.00)")
+            try await c.xaEnd(xid)
+            try await c.xaPrepare(xid)
+            await c.close()
+
+            let listed = try await PreparedBranch.list(f.connections).filter { $0.xid == xid }
+            #expect(listed.count == 1 && listed[0].commitPointRemoved && listed[0].decisionError == nil, "\(listed)")
+            let resolutions = await InDoubtResolver(connections: f.connections, minimumAge: .zero, logger: testLogger).resolveOnce()
+            #expect(resolutions.map(\.decision) == [.aborted], "\(resolutions)")
+            let left = try await f.connections.withConnection("node2") { c in
+                (try await c.xaRecover().contains(xid),
+                 try await c.execute("SELECT COUNT(*) AS n FROM journal WHERE transfer_id = 'late-1'").rows[0].int64("n"))
+            }
+            #expect(left.0 == false && left.1 == 0, "the branch is still prepared, or its posting committed")
+        }
+    }
+
     @Test("refusals: an unknown node (listing the registered ones), the last active node, a node already draining in a job; a finished drain is not resumed")
     func refusals() async throws {
         try await withMoveFixture { f in

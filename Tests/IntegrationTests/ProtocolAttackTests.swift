@@ -166,7 +166,7 @@ struct ProtocolAttackTests {
 
     /// The reused key collides with the earlier request's posting (`journal.one_posting`) on a node
     /// whose decision rows were not consulted: every attempt rolls back on 1062, the ledger plans
-    /// again 8 times and answers `aborted` ("nothing was done, try again") — a key that can never
+    /// again and again and answers `aborted` ("nothing was done, try again") — a key that can never
     /// succeed, and a 503 where the contract says 422 idempotency_key_reused.
     @Test("deposit with the key of an earlier transfer that credited the same account (on another node than the transfer's home): a conflict, not endless aborts")
     func depositWithKeyOfTransferToIt() async throws {

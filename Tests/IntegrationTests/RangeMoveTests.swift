@@ -385,6 +385,33 @@ struct RangeMoveTests {
         }
     }
 
+    /// Only branches on nodes with a pool here were asked before the moved decisions were deleted:
+    /// a prepared branch on a registered node without one was missed, and its resolver then found
+    /// no decision on the source and recorded an abort for an attempt that had committed.
+    @Test("a move does not delete the moved decisions while a registered node has no pool here: it stops naming the node, and finishes once the node is removed")
+    func cleaningAsksEveryRegisteredNode() async throws {
+        try await withMoveFixture { f in
+            _ = try await openAccounts(f.bank, count: 20, prefix: "np")
+            try await f.store.register(NodeInfo(id: "node9", host: "127.0.0.1", port: 1, database: "bank_db"))
+            let job = try await f.mover().create(map: .accounts, range: "a1", to: "node2")
+            var stopped: String
+            do {
+                let record = try await f.mover().run(job.record.id)
+                stopped = record.phase == "done" ? "done" : (record.error ?? record.phase)
+            } catch {
+                stopped = "\(error)"
+            }
+            #expect(stopped.contains("node9"), "\(stopped)")
+            #expect(try await f.store.job(job.record.id)?.record.finished == false)
+            var node9 = try #require(try await f.store.nodes().first { $0.id == "node9" })
+            node9.state = .removed
+            try await f.store.register(node9)
+            let record = try await f.mover().run(job.record.id)
+            #expect(record.phase == "done", "\(record)")
+            #expect(try await f.verify().clean)
+        }
+    }
+
     @Test("a transfer id recorded on the target for another request stops the move before the freeze, naming it; nothing is overwritten")
     func keyCollision() async throws {
         try await withMoveFixture { f in

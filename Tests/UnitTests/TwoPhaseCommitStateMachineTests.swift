@@ -239,4 +239,14 @@ struct MovementRetryPolicyTests {
         #expect(pauses.reduce(.zero, +) > .seconds(1))
         #expect(p.planStale(.init()) == .giveUp)
     }
+
+    @Test("gives up at the first stale plan past the time budget, however few came before")
+    func timeBudget() {
+        var p = MovementRetryPolicy()
+        guard case .backOff = p.planStale(.init(), elapsed: MovementRetryPolicy.timeBudget - .milliseconds(1)) else { Issue.record("gave up early"); return }
+        #expect(p.planStale(.init(), elapsed: MovementRetryPolicy.timeBudget) == .giveUp)
+        // A moving range's wait has its own bound, in the caller.
+        var q = MovementRetryPolicy()
+        #expect(q.planStale(.init(rangeMoving: true), elapsed: .seconds(60)) == .awaitMapChange)
+    }
 }
