@@ -84,8 +84,10 @@ public struct LedgerBenchmark: Sendable {
     }
 
     /// Runs the mix: 80 % transfers (a `crossNode` share across nodes), 10 % deposits, 10 % reads.
+    /// `acknowledged` is told the key of every transfer and deposit that succeeded.
     public static func run(client: Client, accounts: [String: [Int64]], options: Options, progress: (@Sendable (String) -> Void)?,
-                           timeline: (@Sendable ([TimelinePoint]) -> Void)? = nil) async -> LatencySummary {
+                           timeline: (@Sendable ([TimelinePoint]) -> Void)? = nil,
+                           acknowledged: (@Sendable (String) -> Void)? = nil) async -> LatencySummary {
         let nodes = accounts.keys.sorted()
         let run = UUID().uuidString.prefix(8)
         let counter = Counter()
@@ -103,8 +105,10 @@ public struct LedgerBenchmark: Sendable {
                 var to = accounts[other]!.randomElement(using: &rng)!
                 while to == from { to = accounts[other]!.randomElement(using: &rng)! }
                 try await client.transfer(from, to, amount, key)
+                acknowledged?(key)
             } else if roll < 0.9 {
                 try await client.deposit(from, amount, key)
+                acknowledged?(key)
             } else {
                 try await client.read(from)
             }

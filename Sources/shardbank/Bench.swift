@@ -54,6 +54,10 @@ struct Bench: AsyncParsableCommand {
                                    discussion: "`{\"t\":12,\"ops\":1830,\"errors\":0,\"p99_us\":21000,\"max_us\":48000}` — t is the second since the run began. A dip (a range move's freeze, a node lost) shows as fewer ops or a higher p99 in that second.",
                                    valueName: "file"))
         var timeline: String?
+        @Option(help: ArgumentHelp("Write the transfer id of every transfer and deposit the ledger acknowledged to this file, one per line.",
+                                   discussion: "For checks after the run: each must be found committed (`GET /v1/transfers/{id}`), whatever moved, split or drained meanwhile.",
+                                   valueName: "file"))
+        var acknowledged: String?
 
         func validate() throws {
             guard (0...1).contains(crossNode) else { throw ValidationError("--cross-node must be between 0 and 1") }
@@ -102,7 +106,17 @@ struct Bench: AsyncParsableCommand {
             let points = TimelineSink()
             var sink: (@Sendable ([TimelinePoint]) -> Void)?
             if timeline != nil { sink = { list in points.store(list) } }
-            let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress, timeline: sink)
+            let acked = AcknowledgedSink()
+            var note: (@Sendable (String) -> Void)?
+            if acknowledged != nil { note = { @Sendable id in acked.add(id) } }
+            let summary = await LedgerBenchmark.run(client: client.client, accounts: accounts, options: options, progress: progress, timeline: sink,
+                                                    acknowledged: note)
+            if let acknowledged {
+                let ids = acked.all
+                guard FileManager.default.createFile(atPath: acknowledged, contents: Data(ids.map { $0 + "\n" }.joined().utf8)) else {
+                    throw CLIError("cannot write the acknowledged transfer ids to \(acknowledged)")
+                }
+            }
             if let timeline {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
@@ -250,6 +264,13 @@ func printSummary(_ summary: LatencySummary, label: String, json: Bool) throws {
             print("  errors \(code): \(count)" + (summary.firstErrorByCode[code].map { " — first: \($0)" } ?? ""))
         }
     }
+}
+
+/// The ids of the movements acknowledged during a run (`--acknowledged`).
+private final class AcknowledgedSink: Sendable {
+    private let ids = Mutex<[String]>([])
+    func add(_ id: String) { ids.withLock { $0.append(id) } }
+    var all: [String] { ids.withLock { $0 } }
 }
 
 /// Where a run's timeline lands when the load ends.

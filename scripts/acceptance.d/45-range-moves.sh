@@ -6,7 +6,7 @@
 # range is frozen is rolled forward by the demo's serve (writes to the range wait, then go to the new
 # node); one killed while catching up is undone by `ctl jobs cancel`. Bad input is refused.
 source "$(dirname "$0")/lib.sh"
-plan 17
+plan 18
 cluster_up
 
 owner() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'accounts' for r in m['ranges'] if r['id'] == '$1'][0]"; }
@@ -21,7 +21,8 @@ killed_move() { # phase node
 }
 
 # Four moves under load.
-run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 40 --cross-node 0.5 --accounts-per-node 20
+run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 40 --cross-node 0.5 --accounts-per-node 20 \
+  --acknowledged "$work/acked.txt"
 loader=$bg_pid
 wait_for 60 grep -q running "$work/load.log"
 sleep 2
@@ -47,7 +48,8 @@ out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after f
 
 # A directory range there and back under load: its entries and the openings keyed into it.
 downer() { "$bin" ctl status --config "$config" --json | json "[r['node'] for m in d['maps'] if m['name'] == 'directory' for r in m['ranges'] if r['id'] == '$1'][0]"; }
-run_bg "$work/load-d.log" "$bin" bench --config "$config" --http --clients 16 --duration 20 --cross-node 0.5 --accounts-per-node 20
+run_bg "$work/load-d.log" "$bin" bench --config "$config" --http --clients 16 --duration 20 --cross-node 0.5 --accounts-per-node 20 \
+  --acknowledged "$work/acked-d.txt"
 loader=$bg_pid
 wait_for 60 grep -q running "$work/load-d.log"
 sleep 2
@@ -61,6 +63,8 @@ summary=$(grep "ledger http" "$work/load-d.log")
 out=$("$bin" ctl verify --config "$config" 2>&1)
 [ $? -eq 0 ] && [ -n "$summary" ] && grep -q " 0 errors" <<<"$summary" \
   && ok "no client error while d2 moved, ctl verify clean: $(tail -1 <<<"$out")" || bad "client errors or verify after the directory moves" "$summary $out $(tail -5 "$work/load-d.log")"
+out=$(cat "$work/acked.txt" "$work/acked-d.txt" >"$work/acked-all.txt" && acknowledged_committed "$work/acked-all.txt" 2>&1) \
+  && ok "every transfer acknowledged during the six moves is committed: $out" || bad "acknowledged transfers after the moves" "$out"
 sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \([0-9.]*\) = .*/\1/p'; }
 before=$(sigma)
 

@@ -5,7 +5,7 @@
 # registered id, a registered node's address, an unreachable address. Then the accounts are
 # rebalanced, and node1 is drained under 16 HTTP clients: it ends removed and empty, its agent exits.
 source "$(dirname "$0")/lib.sh"
-plan 14
+plan 15
 cluster_up --spare 1
 
 spare_port=$(cluster_json "[n['port'] for n in d['nodes'] if n['id'] == 'node4'][0]")
@@ -49,7 +49,8 @@ out=$("$bin" ctl verify --config "$config" 2>&1) && [ "$(sigma)" = "$before" ] \
 # a crossing moves to their nodes, it is marked removed, its agent exits.
 before=$(sigma)
 agent1=$(cluster_json "[n.get('agent_pid') for n in d['nodes'] if n['id'] == 'node1'][0]")
-run_bg "$work/load-drain.log" "$bin" bench --config "$config" --http --clients 16 --duration 20 --cross-node 0.5 --accounts-per-node 10
+run_bg "$work/load-drain.log" "$bin" bench --config "$config" --http --clients 16 --duration 20 --cross-node 0.5 --accounts-per-node 10 \
+  --acknowledged "$work/acked-drain.txt"
 loader=$bg_pid
 wait_for 60 grep -q running "$work/load-drain.log"
 sleep 2
@@ -69,3 +70,4 @@ left=$(timeout 30 mariadb --connect-timeout=10 -N -h127.0.0.1 -P"${n1% *}" -uban
 gone=no; for _ in $(seq 1 20); do [ -z "$(alive "$agent1")" ] && { gone=yes; break; }; sleep 0.5; done
 [ "$left" = 0 ] && [ "$gone" = yes ] && ok "node1 holds no row, and its agent (pid $agent1) exited" || bad "node1 after the drain: $left rows, agent gone: $gone"
 out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after the drain: $(tail -1 <<<"$out")" || bad "verify after the drain" "$out"
+out=$(acknowledged_committed "$work/acked-drain.txt" 2>&1) && ok "every transfer acknowledged during the drain is committed: $out" || bad "acknowledged transfers after the drain" "$out"

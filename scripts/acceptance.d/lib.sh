@@ -78,6 +78,26 @@ post() { # path body [idempotency-key] [base url] → prints the status code; th
 get() { # path [base url] → prints the status code; the body lands in $BODY
   curl -s -m 30 -o "$BODY" -w '%{http_code}' "${2:-$api}$1"
 }
+# Every transfer id in FILE (`bench --acknowledged`) answers GET /v1/transfers/{id} with state
+# committed. Prints "N acknowledged, N committed" and fails naming the first few that are not.
+acknowledged_committed() { # file [base url]
+  python3 - "$1" "${2:-$api}" <<'PY'
+import http.client, json, sys, urllib.parse
+ids = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+url = urllib.parse.urlsplit(sys.argv[2])
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+bad = []
+for i in ids:
+    conn.request("GET", "/v1/transfers/" + urllib.parse.quote(i, safe=""))
+    r = conn.getresponse()
+    body = r.read()
+    state = json.loads(body).get("state") if r.status == 200 else None
+    if state != "committed":
+        bad.append(f"{i}: HTTP {r.status} {body[:120].decode(errors='replace')}")
+print(f"{len(ids)} acknowledged, {len(ids) - len(bad)} committed" + ("; not: " + " | ".join(bad[:3]) if bad else ""))
+sys.exit(1 if bad or not ids else 0)
+PY
+}
 health() { # node [base url] → the node's health state as that serve sees it
   curl -s -m 10 "${2:-$api}/v1/cluster/nodes/$1/health" | json "d['state']" 2>/dev/null
 }
