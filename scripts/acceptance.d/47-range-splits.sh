@@ -5,7 +5,7 @@
 # killed -9 before the map changed is cancelled (the range whole again); a directory range splits;
 # a serve with http.admin_routes splits a range asked over HTTP. Bad input is refused.
 source "$(dirname "$0")/lib.sh"
-plan 11
+plan 12
 cluster_up
 
 ranges() { "$bin" ctl status --config "$config" --json | json "' '.join(r['id'] + '@' + r['node'] for m in d['maps'] if m['name'] == '$1' for r in m['ranges'])"; }
@@ -13,7 +13,8 @@ job_of() { sed -n 's/^job \(job-[0-9a-f-]*\): splitting.*/\1/p' "$1" | head -1; 
 new_of() { sed -n 's/.*(new range \([a-z0-9]*\)).*/\1/p' "$1" | head -1; }
 sigma() { "$bin" ctl verify --config "$config" 2>&1 | sed -n 's/.*Σ balances \([0-9.]*\) = .*/\1/p'; }
 
-run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 30 --cross-node 0.5 --accounts-per-node 40
+run_bg "$work/load.log" "$bin" bench --config "$config" --http --clients 16 --duration 30 --cross-node 0.5 --accounts-per-node 40 \
+  --acknowledged "$work/acked.txt"
 loader=$bg_pid
 wait_for 60 grep -q running "$work/load.log"
 sleep 2
@@ -34,6 +35,7 @@ else
   bad "client errors during the split" "$(tail -8 "$work/load.log")"
 fi
 out=$("$bin" ctl verify --config "$config" 2>&1) && ok "ctl verify clean after the split and the move: $(tail -1 <<<"$out")" || bad "ctl verify after the split" "$out"
+out=$(acknowledged_committed "$work/acked.txt" 2>&1) && ok "every transfer acknowledged during the split and the move is committed: $out" || bad "acknowledged transfers after the split" "$out"
 before=$(sigma)
 
 # Killed -9 while relabelling, resumed.
