@@ -58,6 +58,12 @@ public struct NodeAdmission: Sendable {
         if let same = nodes.first(where: { $0.id != id && $0.host == host && $0.port == port && $0.database == database && $0.state != .removed }) {
             throw Refusal("\(host):\(port)/\(database) is node \(same.id) already")
         }
+        // A drained node's database under a new id: a process that missed the removal may still
+        // write to it under the old id (its fence would let it: the ranges are there again), and
+        // the resolvers roll back branches naming a removed commit point.
+        if let same = nodes.first(where: { $0.id != id && $0.host == host && $0.port == port && $0.database == database && $0.state == .removed }) {
+            throw Refusal("\(host):\(port)/\(database) was node \(same.id), which is removed (drained): give the new node another database on that server (a fresh, empty schema, --database), so that nothing still addressing \(same.id) can write to it")
+        }
         var node = NodeInfo(id: id, host: host, port: port, database: database, tlsMode: tlsMode, state: .joining)
         progress("connecting to \(id) at \(host):\(port) as the configuration's user")
         let connection: MariaDBConnection

@@ -28,6 +28,10 @@ struct NodeAdmissionTests {
                 let node1 = try cluster.node("node1")
                 await #expect { _ = try await admit("node1", port: spare.port) } throws: { "\($0)".contains("registered already") }
                 await #expect { _ = try await admit("node9", host: node1.host, port: node1.port) } throws: { "\($0)".contains("is node node1 already") }
+                // The database of a removed (drained) node is not taken under a new id.
+                try await store.register(NodeInfo(id: "node7", host: spare.host, port: 2, database: spare.database, state: .removed))
+                await #expect { _ = try await admit("node8", port: 2) } throws: { "\($0)".contains("was node node7, which is removed") }
+                _ = try await etcd.delete(.key(MetadataKeys().nodeInfo("node7")))
                 // Another bank's database (here: node4's, given a range by hand) is never mixed in.
                 let other = try await connect(cluster, "node4")
                 _ = try await BankSchema.migrate(other, logger: testLogger)
