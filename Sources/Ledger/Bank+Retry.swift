@@ -104,8 +104,7 @@ extension Bank {
                         logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
                     }
                 }
-                // Jitter: requests contending for one account must not retry in step.
-                try await Task.sleep(for: pause * Double.random(in: 0.5...1.0))
+                try await Task.sleep(for: MovementRetryPolicy.jittered(pause))
                 action = policy.backedOff(allLocationsKnown: hints() != nil)
             case .awaitMapChange:
                 if moving.shouldRefresh { try? await refreshMaps() }

@@ -146,7 +146,7 @@ public final class Bank: Sendable {
                         logger.warning("could not refresh the shard maps after wrong_shard", metadata: ["error": "\(error)"])
                     }
                 }
-                try await Task.sleep(for: pause * Double.random(in: 0.5...1.0))
+                try await Task.sleep(for: MovementRetryPolicy.jittered(pause))
                 action = policy.backedOff(allLocationsKnown: false)
             case .awaitMapChange:
                 if moving.shouldRefresh { try? await refreshMaps() }

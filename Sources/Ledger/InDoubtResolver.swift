@@ -172,13 +172,15 @@ public struct PreparedBranch: Sendable {
                 var branch = PreparedBranch(node: node, xid: xid, name: name)
                 if connections.isRemoved(name.commitPoint) {
                     branch.commitPointRemoved = true
-                } else { do {
-                    branch.decision = try await connections.withConnection(name.commitPoint) {
-                        try await DecisionRows.state(of: name.transferID, attempt: name.attempt, on: $0)
+                } else {
+                    do {
+                        branch.decision = try await connections.withConnection(name.commitPoint) {
+                            try await DecisionRows.state(of: name.transferID, attempt: name.attempt, on: $0)
+                        }
+                    } catch {
+                        branch.decisionError = "\(error)"
                     }
-                } catch {
-                    branch.decisionError = "\(error)"
-                } }
+                }
                 // A prepared branch's postings are uncommitted: only a dirty read sees when they were written.
                 branch.age = try await connections.withConnection(node) { c in
                     try await c.begin(isolation: .readUncommitted)

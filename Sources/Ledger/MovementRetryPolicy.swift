@@ -77,6 +77,12 @@ public struct MovementRetryPolicy: Sendable, Hashable {
         return .backOff(min(.milliseconds(2 << stalePlans), Self.longestPause), forgetLocations: !stale.stillThere, refreshMaps: stale.wrongShard)
     }
 
+    /// The pause to sleep for a ``Action/backOff(_:forgetLocations:refreshMaps:)``: a random 50–100 %
+    /// of it, so that requests contending for one account do not retry in step.
+    public static func jittered(_ pause: Duration) -> Duration {
+        pause * Double.random(in: 0.5...1.0)
+    }
+
     public mutating func backedOff(allLocationsKnown: Bool) -> Action {
         start(allLocationsKnown: allLocationsKnown)
     }

@@ -240,6 +240,13 @@ struct MovementRetryPolicyTests {
         #expect(p.planStale(.init()) == .giveUp)
     }
 
+    @Test("the pause slept is a random 50–100 % of the policy's")
+    func jitter() {
+        let pauses = (0..<200).map { _ in MovementRetryPolicy.jittered(.milliseconds(100)) }
+        #expect(pauses.allSatisfy { $0 >= .milliseconds(50) && $0 <= .milliseconds(100) })
+        #expect(Set(pauses).count > 1, "not random")
+    }
+
     @Test("gives up at the first stale plan past the time budget, however few came before")
     func timeBudget() {
         var p = MovementRetryPolicy()
