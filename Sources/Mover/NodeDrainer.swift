@@ -230,11 +230,7 @@ private struct DrainRun {
         while true {
             let (others, missing) = try await liveNodes()
             if let missing { return missing }
-            var naming: [String] = []
-            for other in others {
-                let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
-                for xid in xids where BranchName.parse(xid)?.commitPoint == node { naming.append("\(other): \(xid.gtrid)") }
-            }
+            let naming = try await PreparedBranches.naming(node, on: others, connections).sorted()
             if naming.isEmpty { return nil }
             guard ContinuousClock.now < deadline else {
                 return "\(naming.count) branch(es) prepared elsewhere name \(node) as commit point (\(naming.prefix(3).joined(separator: "; "))); is the in-doubt resolver running (serve or agent)? Resume the drain after"
@@ -246,8 +242,8 @@ private struct DrainRun {
     /// Every registered node but the removed ones, each of which this process must reach: a node
     /// it has no pool for could hold a branch naming the drained node, or an account naming it.
     func liveNodes() async throws -> (nodes: [String], missing: String?) {
-        let live = try await store.nodes().filter { $0.state != .removed }.map(\.id).sorted()
-        if let missing = live.first(where: { !connections.nodes.contains($0) }) {
+        let (live, missing) = try await PreparedBranches.liveNodes(store, connections)
+        if let missing {
             return (live, "no connection to \(missing) here (its credentials are missing from the configuration, or its pool is not open yet): the drain must see every node; resume it when it can")
         }
         return (live, nil)

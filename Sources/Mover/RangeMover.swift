@@ -533,16 +533,11 @@ private struct Run {
     /// node but the removed ones is asked — one this process has no pool for could hold such a
     /// branch, so the move stops (resume it once the pool is open) rather than miss it.
     func preparedNaming(_ node: String) async throws -> Set<String> {
-        let live = try await mover.store.nodes().filter { $0.state != .removed }.map(\.id).sorted()
-        if let missing = live.first(where: { !connections.nodes.contains($0) }) {
+        let (live, missing) = try await PreparedBranches.liveNodes(mover.store, connections)
+        if let missing {
             throw MoveError(.conflict, "no connection to \(missing) here (its credentials are missing from the configuration, or its pool is not open yet): before the moved decisions leave \(node), every node must be asked for branches that still need them; resume the move when it can")
         }
-        var found = Set<String>()
-        for other in live {
-            let xids = try await connections.withConnection(other) { try await $0.xaRecover() }
-            for xid in xids where BranchName.parse(xid)?.commitPoint == node { found.insert("\(other)/\(xid.gtrid)/\(xid.bqual)") }
-        }
-        return found
+        return try await PreparedBranches.naming(node, on: live, connections)
     }
 }
 
